@@ -1,0 +1,474 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: freethreading_compatible=True
+"""The compiled engine: one C ring of records shared by every window.
+
+The critical section (evict, check, commit) is plain C that touches no Python
+object and runs under a C mutex. Arguments are converted before it, and
+Python results are built after it.
+"""
+
+cimport cython
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.time cimport monotonic_ns
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint64_t
+from libc.stdlib cimport free, malloc
+
+from _ring cimport Problem, Record, Ring, WindowState, lbw_double_to_nanos
+
+from llm_budget_window._types import (
+    WindowBreached,
+    make_breach,
+    make_snapshot,
+    ns_to_seconds,
+    overflow_error,
+    seconds_to_ns,
+    to_tokens,
+    usd_to_nanos,
+    validate_windows,
+)
+
+cdef enum:
+    MIN_CAPACITY = 16
+    RELEASED = -1
+    OK = 0
+    PROBLEM = 1
+
+cdef int64_t MAX_AMOUNT = 1 << 62
+cdef int64_t NANOS_PER_UNIT = 1000000000
+# The largest whole number of dollars or seconds whose billionths stay below 2**62.
+cdef int64_t MAX_WHOLE_UNITS = ((1 << 62) - 1) // 1000000000
+# Below 2**53 an int64 converts to double exactly.
+cdef int64_t EXACT_DOUBLE_INT = 1 << 53
+
+
+# -- the ring, in C ------------------------------------------------------------
+
+cdef int ring_init(Ring *ring, Py_ssize_t n_windows) noexcept nogil:
+    ring.records = <Record *> malloc(MIN_CAPACITY * sizeof(Record))
+    ring.windows = <WindowState *> malloc(n_windows * sizeof(WindowState))
+    if ring.records == NULL or ring.windows == NULL:
+        return -1
+    ring.mask = MIN_CAPACITY - 1
+    ring.next = 0
+    ring.latest = INT64_MIN
+    ring.n_windows = n_windows
+    ring.longest = 0
+    return 0
+
+
+cdef void ring_clear(Ring *ring) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(ring.n_windows):
+        ring.windows[i].head = ring.next
+        ring.windows[i].sum[0] = 0
+        ring.windows[i].sum[1] = 0
+        ring.windows[i].sum[2] = 0
+    ring.latest = INT64_MIN
+    ring_resize(ring, MIN_CAPACITY)
+
+
+cdef int ring_resize(Ring *ring, uint64_t capacity) noexcept nogil:
+    """Move the retained records into a buffer of ``capacity`` records."""
+    cdef uint64_t tail = ring.windows[ring.longest].head
+    cdef uint64_t new_mask = capacity - 1
+    cdef uint64_t seq
+    cdef Record *records = <Record *> malloc(capacity * sizeof(Record))
+    if records == NULL:
+        return -1
+    seq = tail
+    while seq != ring.next:
+        records[seq & new_mask] = ring.records[seq & ring.mask]
+        seq += 1
+    free(ring.records)
+    ring.records = records
+    ring.mask = new_mask
+    return 0
+
+
+cdef inline int64_t ring_advance(Ring *ring, int64_t now) noexcept nogil:
+    """Evict what has aged out of each window at ``now``; return the time used.
+
+    Time never runs backwards: a ``now`` before the latest time seen is taken
+    as that time, so the log stays ordered under concurrent callers.
+    """
+    cdef Py_ssize_t i
+    cdef int64_t cutoff
+    cdef WindowState *window
+    cdef Record *record
+    cdef uint64_t capacity, retained
+
+    if now < ring.latest:
+        now = ring.latest
+    ring.latest = now
+    for i in range(ring.n_windows):
+        window = &ring.windows[i]
+        cutoff = now - window.duration
+        while window.head != ring.next:
+            record = &ring.records[window.head & ring.mask]
+            if record.ts > cutoff:
+                break
+            if record.tokens != RELEASED:
+                window.sum[0] -= record.tokens
+                window.sum[1] -= record.nanos
+                window.sum[2] -= 1
+            window.head += 1
+
+    capacity = ring.mask + 1
+    if capacity > MIN_CAPACITY:
+        retained = ring.next - ring.windows[ring.longest].head
+        if retained * 4 < capacity:
+            # Failing to shrink only keeps the larger buffer.
+            ring_resize(ring, capacity // 2)
+    return now
+
+
+cdef inline int ring_find_problem(Ring *ring, int64_t tokens, int64_t nanos,
+                                  Problem *problem) noexcept nogil:
+    """Find the first window and axis that cannot take the request."""
+    cdef Py_ssize_t i
+    cdef WindowState *window
+    for i in range(ring.n_windows):
+        window = &ring.windows[i]
+        if tokens > window.cap[0] - window.sum[0]:
+            problem.axis = 0
+        elif nanos > window.cap[1] - window.sum[1]:
+            problem.axis = 1
+        elif 1 > window.cap[2] - window.sum[2]:
+            problem.axis = 2
+        else:
+            continue
+        problem.window = i
+        problem.used = window.sum[problem.axis]
+        return PROBLEM
+    return OK
+
+
+cdef int64_t ring_wait_ns(Ring *ring, int64_t tokens, int64_t nanos,
+                          int64_t now) noexcept nogil:
+    """Return ns until the request fits every window, or -1 for never.
+
+    Walks each window's records from the oldest until enough has aged out.
+    Uncapped axes have INT64_MAX caps and never need anything to age out.
+    """
+    cdef Py_ssize_t i
+    cdef int axis
+    cdef int64_t until = now
+    cdef int64_t excess[3]
+    cdef int64_t amount[3]
+    cdef WindowState *window
+    cdef Record *record
+    cdef uint64_t seq
+
+    amount[0] = tokens
+    amount[1] = nanos
+    amount[2] = 1
+    for i in range(ring.n_windows):
+        window = &ring.windows[i]
+        for axis in range(3):
+            if amount[axis] > window.cap[axis]:
+                return -1
+            # No overflow: sum and amount are below 2**63 and cap >= amount.
+            excess[axis] = window.sum[axis] - (window.cap[axis] - amount[axis])
+        if excess[0] <= 0 and excess[1] <= 0 and excess[2] <= 0:
+            continue
+        seq = window.head
+        while seq != ring.next:
+            record = &ring.records[seq & ring.mask]
+            seq += 1
+            if record.tokens == RELEASED:
+                continue
+            excess[0] -= record.tokens
+            excess[1] -= record.nanos
+            excess[2] -= 1
+            if excess[0] <= 0 and excess[1] <= 0 and excess[2] <= 0:
+                if record.ts + window.duration > until:
+                    until = record.ts + window.duration
+                break
+    return until - now
+
+
+cdef inline int ring_commit(Ring *ring, int64_t tokens, int64_t nanos,
+                            int64_t now) noexcept nogil:
+    """Append a record and add it to every window; -1 if out of memory."""
+    cdef Py_ssize_t i
+    cdef WindowState *window
+    cdef Record *record
+    cdef uint64_t capacity = ring.mask + 1
+    if ring.next - ring.windows[ring.longest].head == capacity:
+        if ring_resize(ring, capacity * 2) != 0:
+            return -1
+    record = &ring.records[ring.next & ring.mask]
+    record.ts = now
+    record.tokens = tokens
+    record.nanos = nanos
+    ring.next += 1
+    for i in range(ring.n_windows):
+        window = &ring.windows[i]
+        window.sum[0] += tokens
+        window.sum[1] += nanos
+        window.sum[2] += 1
+    return 0
+
+
+cdef inline int ring_admit(Ring *ring, int64_t tokens, int64_t nanos, int64_t now,
+                           bint commit, Problem *problem,
+                           uint64_t *seq) noexcept nogil:
+    """The whole check-and-commit: OK, PROBLEM (filled in) or -1 (no memory)."""
+    now = ring_advance(ring, now)
+    if ring_find_problem(ring, tokens, nanos, problem) == PROBLEM:
+        problem.wait_ns = ring_wait_ns(ring, tokens, nanos, now)
+        return PROBLEM
+    if commit:
+        seq[0] = ring.next
+        if ring_commit(ring, tokens, nanos, now) != 0:
+            return -1
+    return OK
+
+
+# -- argument conversion: C fast paths, the shared Python rules otherwise -------
+
+cdef inline int64_t tokens_arg(object tokens) except? -1:
+    cdef int overflow = 0
+    cdef long long value
+    if type(tokens) is int:
+        value = PyLong_AsLongLongAndOverflow(tokens, &overflow)
+        if overflow == 0 and 0 <= value < MAX_AMOUNT:
+            return value
+    return to_tokens(tokens)
+
+
+cdef inline int64_t usd_arg(object usd) except? -1:
+    cdef int overflow = 0
+    cdef long long value
+    cdef double x
+    cdef int64_t nanos
+    if type(usd) is float:
+        x = PyFloat_AS_DOUBLE(usd)
+        if x >= 0.0 and lbw_double_to_nanos(x, &nanos):
+            return nanos
+    elif type(usd) is int:
+        value = PyLong_AsLongLongAndOverflow(usd, &overflow)
+        if overflow == 0 and 0 <= value <= MAX_WHOLE_UNITS:
+            return value * NANOS_PER_UNIT
+    return usd_to_nanos(usd)
+
+
+cdef inline int64_t seconds_arg(object seconds, str name) except? -1:
+    cdef int overflow = 0
+    cdef long long value
+    cdef int64_t ns
+    if type(seconds) is float:
+        if lbw_double_to_nanos(PyFloat_AS_DOUBLE(seconds), &ns):
+            return ns
+    elif type(seconds) is int:
+        value = PyLong_AsLongLongAndOverflow(seconds, &overflow)
+        if overflow == 0 and -MAX_WHOLE_UNITS <= value <= MAX_WHOLE_UNITS:
+            return value * NANOS_PER_UNIT
+    return seconds_to_ns(seconds, name)
+
+
+cdef inline object seconds_from_ns(int64_t ns):
+    if ns < 0:
+        return float("inf")
+    if ns < EXACT_DOUBLE_INT:
+        return <double> ns / 1e9
+    return ns_to_seconds(ns)
+
+
+# -- the Python class -------------------------------------------------------------
+
+cdef class BudgetWindows:
+    """Admit a call only if it fits every cap of every window, then commit it.
+
+    ``windows`` is one or more ``Window`` with unique names. ``clock`` is a
+    callable returning seconds; by default the monotonic clock is read in
+    nanoseconds (the same clock as ``time.monotonic_ns``). Every method is
+    safe to call from many threads at once; the clock is never called while
+    the internal mutex is held.
+    """
+
+    cdef Ring ring
+    cdef cython.pymutex lock
+    cdef bint release_gil
+    cdef object clock
+    cdef tuple _windows
+    cdef tuple _capped
+
+    def __cinit__(self, *args, **kwargs):
+        self.ring.records = NULL
+        self.ring.windows = NULL
+
+    def __init__(self, windows, *, clock=None, _release_gil=False):
+        cdef Py_ssize_t i
+        cdef int64_t longest = -1
+        cdef WindowState *state
+        if clock is not None and not callable(clock):
+            raise TypeError(
+                f"clock must be callable or None, not {type(clock).__name__}"
+            )
+        if self.ring.windows != NULL:
+            raise RuntimeError("BudgetWindows.__init__ may be called only once")
+        windows = validate_windows(windows)
+        if ring_init(&self.ring, len(windows)) != 0:
+            raise MemoryError()
+        for i, window in enumerate(windows):
+            state = &self.ring.windows[i]
+            state.duration = window.duration_ns
+            state.cap[0] = INT64_MAX if window.token_cap is None else window.token_cap
+            state.cap[1] = (
+                INT64_MAX if window.usd_cap_nanos is None else window.usd_cap_nanos
+            )
+            state.cap[2] = (
+                INT64_MAX if window.request_cap is None else window.request_cap
+            )
+            state.head = 0
+            state.sum[0] = state.sum[1] = state.sum[2] = 0
+            if state.duration > longest:
+                longest = state.duration
+                self.ring.longest = i
+        self._windows = windows
+        self._capped = tuple(
+            (w.token_cap is not None, w.usd_cap_nanos is not None,
+             w.request_cap is not None)
+            for w in windows
+        )
+        self.clock = clock
+        self.release_gil = bool(_release_gil)
+
+    def __dealloc__(self):
+        free(self.ring.records)
+        free(self.ring.windows)
+
+    @property
+    def windows(self):
+        """The windows, in declaration order."""
+        return self._windows
+
+    def __repr__(self):
+        return f"BudgetWindows({list(self._windows)!r})"
+
+    # -- steps --------------------------------------------------------------
+
+    cdef int64_t _now(self, object now) except? -1:
+        if now is None:
+            if self.clock is None:
+                return monotonic_ns()
+            return seconds_arg(self.clock(), "clock()")
+        return seconds_arg(now, "now")
+
+    cdef int _admit(self, int64_t tokens, int64_t nanos, int64_t now, bint commit,
+                    Problem *problem, uint64_t *seq) except -1:
+        cdef int rc
+        if self.release_gil:
+            with nogil:
+                with self.lock:
+                    rc = ring_admit(&self.ring, tokens, nanos, now, commit, problem,
+                                    seq)
+        else:
+            with self.lock:
+                rc = ring_admit(&self.ring, tokens, nanos, now, commit, problem, seq)
+        if rc < 0:
+            raise MemoryError("could not grow the ring of records")
+        return rc
+
+    cdef object _problem_result(self, Problem *problem, int64_t tokens,
+                                int64_t nanos):
+        window = self._windows[problem.window]
+        if not self._capped[problem.window][problem.axis]:
+            raise overflow_error(window, problem.axis)
+        if problem.axis == 0:
+            requested = tokens
+        elif problem.axis == 1:
+            requested = nanos
+        else:
+            requested = 1
+        return make_breach(window, problem.axis, problem.used, requested,
+                           problem.wait_ns)
+
+    # -- the public operations ----------------------------------------------
+
+    def try_record(self, tokens, usd=0, *, now=None):
+        """Record a call if it fits every window; else return the first Breach.
+
+        ``tokens`` is an int, ``usd`` dollars, ``now`` seconds (for tests and
+        replays; by default the clock is read). Nothing is committed when a
+        Breach is returned or an exception is raised.
+        """
+        cdef Problem problem
+        cdef uint64_t seq
+        cdef int64_t tok = tokens_arg(tokens)
+        cdef int64_t nanos = usd_arg(usd)
+        cdef int64_t at = self._now(now)
+        if self._admit(tok, nanos, at, True, &problem, &seq) == OK:
+            return None
+        return self._problem_result(&problem, tok, nanos)
+
+    def record(self, tokens, usd=0, *, now=None):
+        """Record a call in every window, or raise WindowBreached and record nothing."""
+        cdef Problem problem
+        cdef uint64_t seq
+        cdef int64_t tok = tokens_arg(tokens)
+        cdef int64_t nanos = usd_arg(usd)
+        cdef int64_t at = self._now(now)
+        if self._admit(tok, nanos, at, True, &problem, &seq) == OK:
+            return None
+        raise WindowBreached(self._problem_result(&problem, tok, nanos))
+
+    def check(self, tokens, usd=0, *, now=None):
+        """Return the Breach a call would cause, or None if it fits; commit nothing."""
+        cdef Problem problem
+        cdef uint64_t seq
+        cdef int64_t tok = tokens_arg(tokens)
+        cdef int64_t nanos = usd_arg(usd)
+        cdef int64_t at = self._now(now)
+        if self._admit(tok, nanos, at, False, &problem, &seq) == OK:
+            return None
+        return self._problem_result(&problem, tok, nanos)
+
+    def retry_after(self, tokens, usd=0, *, now=None):
+        """Return seconds until a call would fit: 0.0 if now, ``inf`` if never.
+
+        Assumes nothing else is recorded meanwhile. Commits nothing.
+        """
+        cdef int64_t tok = tokens_arg(tokens)
+        cdef int64_t nanos = usd_arg(usd)
+        cdef int64_t at = self._now(now)
+        cdef int64_t wait
+        with self.lock:
+            at = ring_advance(&self.ring, at)
+            wait = ring_wait_ns(&self.ring, tok, nanos, at)
+        return seconds_from_ns(wait)
+
+    def snapshot(self, *, now=None):
+        """Return each window's use, in declaration order."""
+        cdef int64_t at = self._now(now)
+        cdef Py_ssize_t i, n = self.ring.n_windows
+        cdef int64_t *sums = <int64_t *> malloc(3 * n * sizeof(int64_t))
+        if sums == NULL:
+            raise MemoryError()
+        try:
+            with self.lock:
+                ring_advance(&self.ring, at)
+                for i in range(n):
+                    sums[3 * i] = self.ring.windows[i].sum[0]
+                    sums[3 * i + 1] = self.ring.windows[i].sum[1]
+                    sums[3 * i + 2] = self.ring.windows[i].sum[2]
+            return [
+                make_snapshot(self._windows[i], sums[3 * i], sums[3 * i + 1],
+                              sums[3 * i + 2])
+                for i in range(n)
+            ]
+        finally:
+            free(sums)
+
+    def reset(self):
+        """Forget every record and the latest time seen, in every window."""
+        with self.lock:
+            ring_clear(&self.ring)
+
+    def _allocated_bytes(self):
+        """Return the bytes the ring and window states hold (for benchmarks)."""
+        with self.lock:
+            return ((self.ring.mask + 1) * sizeof(Record)
+                    + self.ring.n_windows * sizeof(WindowState))
