@@ -14,7 +14,14 @@ from cpython.time cimport monotonic_ns
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 
-from _ring cimport Problem, Record, Ring, WindowState, lbw_double_to_nanos
+from _ring cimport (
+    GIL_SERIALIZES,
+    Problem,
+    Record,
+    Ring,
+    WindowState,
+    lbw_double_to_nanos,
+)
 
 from llm_budget_window._types import (
     WindowBreached,
@@ -86,62 +93,62 @@ cdef int ring_resize(Ring *ring, uint64_t capacity) noexcept nogil:
     return 0
 
 
-cdef inline int64_t ring_advance(Ring *ring, int64_t now) noexcept nogil:
-    """Evict what has aged out of each window at ``now``; return the time used.
+cdef inline int64_t ring_clamp(Ring *ring, int64_t now) noexcept nogil:
+    """Return the time a call happens at: never before the latest time seen.
 
-    Time never runs backwards: a ``now`` before the latest time seen is taken
-    as that time, so the log stays ordered under concurrent callers.
+    Time never runs backwards, so the log stays ordered under concurrent
+    callers whose clock reads reach the mutex out of order.
     """
-    cdef Py_ssize_t i
-    cdef int64_t cutoff
-    cdef WindowState *window
-    cdef Record *record
-    cdef uint64_t capacity, retained
-
     if now < ring.latest:
         now = ring.latest
     ring.latest = now
-    for i in range(ring.n_windows):
-        window = &ring.windows[i]
-        cutoff = now - window.duration
-        while window.head != ring.next:
-            record = &ring.records[window.head & ring.mask]
-            if record.ts > cutoff:
-                break
-            if record.tokens != RELEASED:
-                window.sum[0] -= record.tokens
-                window.sum[1] -= record.nanos
-                window.sum[2] -= 1
-            window.head += 1
-
-    capacity = ring.mask + 1
-    if capacity > MIN_CAPACITY:
-        retained = ring.next - ring.windows[ring.longest].head
-        if retained * 4 < capacity:
-            # Failing to shrink only keeps the larger buffer.
-            ring_resize(ring, capacity // 2)
     return now
 
 
-cdef inline int ring_find_problem(Ring *ring, int64_t tokens, int64_t nanos,
-                                  Problem *problem) noexcept nogil:
-    """Find the first window and axis that cannot take the request."""
+cdef inline void window_evict(Ring *ring, WindowState *window,
+                              int64_t now) noexcept nogil:
+    """Drop from one window's sums the records that have aged out at ``now``."""
+    cdef int64_t cutoff = now - window.duration
+    cdef Record *record
+    while window.head != ring.next:
+        record = &ring.records[window.head & ring.mask]
+        if record.ts > cutoff:
+            break
+        if record.tokens != RELEASED:
+            window.sum[0] -= record.tokens
+            window.sum[1] -= record.nanos
+            window.sum[2] -= 1
+        window.head += 1
+
+
+cdef inline void ring_maybe_shrink(Ring *ring) noexcept nogil:
+    cdef uint64_t capacity = ring.mask + 1
+    if capacity > MIN_CAPACITY:
+        if (ring.next - ring.windows[ring.longest].head) * 4 < capacity:
+            # Failing to shrink only keeps the larger buffer.
+            ring_resize(ring, capacity // 2)
+
+
+cdef inline int64_t ring_advance(Ring *ring, int64_t now) noexcept nogil:
+    """Evict what has aged out of every window; return the time used."""
     cdef Py_ssize_t i
-    cdef WindowState *window
+    now = ring_clamp(ring, now)
     for i in range(ring.n_windows):
-        window = &ring.windows[i]
-        if tokens > window.cap[0] - window.sum[0]:
-            problem.axis = 0
-        elif nanos > window.cap[1] - window.sum[1]:
-            problem.axis = 1
-        elif 1 > window.cap[2] - window.sum[2]:
-            problem.axis = 2
-        else:
-            continue
-        problem.window = i
-        problem.used = window.sum[problem.axis]
-        return PROBLEM
-    return OK
+        window_evict(ring, &ring.windows[i], now)
+    ring_maybe_shrink(ring)
+    return now
+
+
+cdef inline int window_problem_axis(WindowState *window, int64_t tokens,
+                                    int64_t nanos) noexcept nogil:
+    """Return the first axis that cannot take the request, or -1."""
+    if tokens > window.cap[0] - window.sum[0]:
+        return 0
+    if nanos > window.cap[1] - window.sum[1]:
+        return 1
+    if 1 > window.cap[2] - window.sum[2]:
+        return 2
+    return -1
 
 
 cdef int64_t ring_wait_ns(Ring *ring, int64_t tokens, int64_t nanos,
@@ -214,11 +221,27 @@ cdef inline int ring_commit(Ring *ring, int64_t tokens, int64_t nanos,
 cdef inline int ring_admit(Ring *ring, int64_t tokens, int64_t nanos, int64_t now,
                            bint commit, Problem *problem,
                            uint64_t *seq) noexcept nogil:
-    """The whole check-and-commit: OK, PROBLEM (filled in) or -1 (no memory)."""
-    now = ring_advance(ring, now)
-    if ring_find_problem(ring, tokens, nanos, problem) == PROBLEM:
-        problem.wait_ns = ring_wait_ns(ring, tokens, nanos, now)
-        return PROBLEM
+    """The whole check-and-commit: OK, PROBLEM (filled in) or -1 (no memory).
+
+    Each window is evicted and checked in one pass. A breach stops the pass
+    early; the windows after it are evicted by a later call, which is safe
+    because eviction only ever moves a head forward.
+    """
+    cdef Py_ssize_t i
+    cdef int axis
+    cdef WindowState *window
+    now = ring_clamp(ring, now)
+    for i in range(ring.n_windows):
+        window = &ring.windows[i]
+        window_evict(ring, window, now)
+        axis = window_problem_axis(window, tokens, nanos)
+        if axis >= 0:
+            problem.window = i
+            problem.axis = axis
+            problem.used = window.sum[axis]
+            problem.wait_ns = ring_wait_ns(ring, tokens, nanos, now)
+            return PROBLEM
+    ring_maybe_shrink(ring)
     if commit:
         seq[0] = ring.next
         if ring_commit(ring, tokens, nanos, now) != 0:
@@ -365,6 +388,9 @@ cdef class BudgetWindows:
                 with self.lock:
                     rc = ring_admit(&self.ring, tokens, nanos, now, commit, problem,
                                     seq)
+        elif GIL_SERIALIZES:
+            # The GIL is held from here to the end of the section (see _gil.h).
+            rc = ring_admit(&self.ring, tokens, nanos, now, commit, problem, seq)
         else:
             with self.lock:
                 rc = ring_admit(&self.ring, tokens, nanos, now, commit, problem, seq)

@@ -25,14 +25,20 @@
 static inline int lbw_double_to_nanos(double x, int64_t *out)
 {
     double product = x * 1e9;
-    double whole, fraction;
+    double fraction;
+    int64_t whole;
 
     if (product > -LBW_DOUBLE_EXACT_LIMIT && product < LBW_DOUBLE_EXACT_LIMIT) {
-        whole = floor(product);
-        fraction = product - whole;
-        if (fabs(fraction - 0.5) <= LBW_TIE_MARGIN)
+        /* Floor without a libm call: truncate, then step down if negative. */
+        whole = (int64_t)product;
+        fraction = product - (double)whole;
+        if (fraction < 0.0) {
+            whole -= 1;
+            fraction += 1.0;
+        }
+        if (fraction > 0.5 - LBW_TIE_MARGIN && fraction < 0.5 + LBW_TIE_MARGIN)
             goto wide;
-        *out = (int64_t)(fraction > 0.5 ? whole + 1.0 : whole);
+        *out = fraction > 0.5 ? whole + 1 : whole;
         return 1;
     }
     if (!(product > -LBW_NANOS_LIMIT && product < LBW_NANOS_LIMIT))

@@ -35,3 +35,7 @@ cdef struct Problem:
     int axis            # 0 tokens, 1 USD, 2 requests
     int64_t used
     int64_t wait_ns     # -1: the request can never fit
+
+
+cdef extern from "_gil.h":
+    const bint GIL_SERIALIZES "LBW_GIL_SERIALIZES"
