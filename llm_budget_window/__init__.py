@@ -10,13 +10,19 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from ._reservation import Reservation, ReservationError
 from ._types import Axis, Breach, Window, WindowBreached, WindowSnapshot
+from ._waiting import AsyncReservation, WaitTimeout
 
 __all__ = [
     "IMPLEMENTATION",
+    "AsyncReservation",
     "Axis",
     "Breach",
     "BudgetWindows",
+    "Reservation",
+    "ReservationError",
+    "WaitTimeout",
     "Window",
     "WindowBreached",
     "WindowSnapshot",

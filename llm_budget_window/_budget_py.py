@@ -11,6 +11,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 
+from ._reservation import Reservation
 from ._types import (
     Breach,
     Number,
@@ -26,6 +27,7 @@ from ._types import (
     usd_to_nanos,
     validate_windows,
 )
+from ._waiting import AsyncReservation, WaitQueue, arecord, record_wait, reserve_wait
 
 __all__ = ["BudgetWindows"]
 
@@ -59,6 +61,7 @@ class BudgetWindows:
         "_heads",
         "_sums",
         "_latest",
+        "_queue",
     )
 
     def __init__(
@@ -85,6 +88,7 @@ class BudgetWindows:
         self._heads = [0] * len(self._windows)
         self._sums = [[0, 0, 0] for _ in self._windows]
         self._latest: int | None = None
+        self._queue = WaitQueue()
 
     @property
     def windows(self) -> tuple[Window, ...]:
@@ -263,3 +267,99 @@ class BudgetWindows:
             self._heads = [self._next] * len(self._windows)
             self._sums = [[0, 0, 0] for _ in self._windows]
             self._latest = None
+        self._queue.poke()
+
+    # -- reservations -------------------------------------------------------
+
+    def reserve(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> Reservation:
+        """Count an estimated call now; settle or release it later.
+
+        Admitted exactly like ``record``: raises WindowBreached and commits
+        nothing if the estimate does not fit.
+        """
+        tokens = to_tokens(tokens)
+        nanos = usd_to_nanos(usd)
+        at = self._now(now)
+        with self._lock:
+            at = self._advance(at)
+            problem = self._find_problem(tokens, nanos)
+            if problem is None:
+                seq = self._commit(tokens, nanos, at)
+                return Reservation(self, seq, tokens, nanos)
+            breach = self._problem_result(problem, tokens, nanos, at)
+        raise WindowBreached(breach)
+
+    def _holding(self, seq: int) -> list[list[int]]:
+        """Return the sums of the windows that still hold record ``seq``."""
+        return [sums for head, sums in zip(self._heads, self._sums) if head <= seq]
+
+    def _settle(self, seq: int, tokens: int, nanos: int) -> None:
+        with self._lock:
+            holding = self._holding(seq)
+            if holding:
+                record = self._records[seq - self._base]
+                delta_tokens = tokens - record[1]
+                delta_nanos = nanos - record[2]
+                for i, sums in enumerate(self._sums):
+                    if self._heads[i] > seq:
+                        continue
+                    if sums[_TOKENS] + delta_tokens > _INT64_MAX:
+                        raise overflow_error(self._windows[i], _TOKENS)
+                    if sums[_NANOS] + delta_nanos > _INT64_MAX:
+                        raise overflow_error(self._windows[i], _NANOS)
+                for sums in holding:
+                    sums[_TOKENS] += delta_tokens
+                    sums[_NANOS] += delta_nanos
+                record[1] = tokens
+                record[2] = nanos
+        self._queue.poke()
+
+    def _release(self, seq: int) -> None:
+        with self._lock:
+            holding = self._holding(seq)
+            if holding:
+                record = self._records[seq - self._base]
+                for sums in holding:
+                    sums[_TOKENS] -= record[1]
+                    sums[_NANOS] -= record[2]
+                    sums[_REQUESTS] -= 1
+                record[1] = _RELEASED
+                record[2] = 0
+        self._queue.poke()
+
+    # -- waiting ------------------------------------------------------------
+
+    def record_wait(
+        self, tokens: int, usd: Number = 0, *, timeout: float | None = None
+    ) -> None:
+        """Block until the call fits, then record it.
+
+        Waiters are served first in, first out. Raises WindowBreached at once
+        if the call can never fit, and WaitTimeout (a TimeoutError) at once if
+        the wait it needs is longer than what is left of ``timeout`` seconds.
+        """
+        record_wait(self, tokens, usd, timeout)
+
+    def reserve_wait(
+        self, tokens: int, usd: Number = 0, *, timeout: float | None = None
+    ) -> Reservation:
+        """Block until the estimate fits, then reserve it (see ``record_wait``)."""
+        return reserve_wait(self, tokens, usd, timeout)
+
+    async def arecord(
+        self, tokens: int, usd: Number = 0, *, timeout: float | None = None
+    ) -> None:
+        """Wait without blocking the event loop, then record (see ``record_wait``)."""
+        await arecord(self, tokens, usd, timeout)
+
+    def areserve(
+        self, tokens: int, usd: Number = 0, *, timeout: float | None = None
+    ) -> AsyncReservation:
+        """Wait without blocking the event loop, then reserve.
+
+        Use as ``async with budget.areserve(...) as reservation:`` or
+        ``reservation = await budget.areserve(...)``.
+        """
+        return AsyncReservation(self, tokens, usd, timeout)

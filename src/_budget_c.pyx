@@ -23,6 +23,7 @@ from _ring cimport (
     lbw_double_to_nanos,
 )
 
+from llm_budget_window._reservation import Reservation
 from llm_budget_window._types import (
     WindowBreached,
     make_breach,
@@ -33,6 +34,13 @@ from llm_budget_window._types import (
     to_tokens,
     usd_to_nanos,
     validate_windows,
+)
+from llm_budget_window._waiting import (
+    AsyncReservation,
+    WaitQueue,
+    arecord,
+    record_wait,
+    reserve_wait,
 )
 
 cdef enum:
@@ -249,6 +257,62 @@ cdef inline int ring_admit(Ring *ring, int64_t tokens, int64_t nanos, int64_t no
     return OK
 
 
+cdef int ring_settle(Ring *ring, uint64_t seq, int64_t tokens, int64_t nanos,
+                     Problem *problem) noexcept nogil:
+    """Rewrite record ``seq`` in every window that holds it.
+
+    Returns OK, or PROBLEM (window and axis filled in) when a sum would pass
+    the int64 range, in which case nothing changes.
+    """
+    cdef Py_ssize_t i
+    cdef WindowState *window
+    cdef Record *record
+    cdef int64_t delta_tokens, delta_nanos
+    if seq < ring.windows[ring.longest].head:
+        return OK
+    record = &ring.records[seq & ring.mask]
+    delta_tokens = tokens - record.tokens
+    delta_nanos = nanos - record.nanos
+    for i in range(ring.n_windows):
+        window = &ring.windows[i]
+        if window.head > seq:
+            continue
+        if delta_tokens > 0 and window.sum[0] > INT64_MAX - delta_tokens:
+            problem.window = i
+            problem.axis = 0
+            return PROBLEM
+        if delta_nanos > 0 and window.sum[1] > INT64_MAX - delta_nanos:
+            problem.window = i
+            problem.axis = 1
+            return PROBLEM
+    for i in range(ring.n_windows):
+        window = &ring.windows[i]
+        if window.head <= seq:
+            window.sum[0] += delta_tokens
+            window.sum[1] += delta_nanos
+    record.tokens = tokens
+    record.nanos = nanos
+    return OK
+
+
+cdef void ring_release(Ring *ring, uint64_t seq) noexcept nogil:
+    """Void record ``seq`` in every window that holds it."""
+    cdef Py_ssize_t i
+    cdef WindowState *window
+    cdef Record *record
+    if seq < ring.windows[ring.longest].head:
+        return
+    record = &ring.records[seq & ring.mask]
+    for i in range(ring.n_windows):
+        window = &ring.windows[i]
+        if window.head <= seq:
+            window.sum[0] -= record.tokens
+            window.sum[1] -= record.nanos
+            window.sum[2] -= 1
+    record.tokens = RELEASED
+    record.nanos = 0
+
+
 # -- argument conversion: C fast paths, the shared Python rules otherwise -------
 
 cdef inline int64_t tokens_arg(object tokens) except? -1:
@@ -317,6 +381,7 @@ cdef class BudgetWindows:
     cdef object clock
     cdef tuple _windows
     cdef tuple _capped
+    cdef readonly object _queue
 
     def __cinit__(self, *args, **kwargs):
         self.ring.records = NULL
@@ -358,6 +423,7 @@ cdef class BudgetWindows:
         )
         self.clock = clock
         self.release_gil = bool(_release_gil)
+        self._queue = WaitQueue()
 
     def __dealloc__(self):
         free(self.ring.records)
@@ -492,6 +558,68 @@ cdef class BudgetWindows:
         """Forget every record and the latest time seen, in every window."""
         with self.lock:
             ring_clear(&self.ring)
+        self._queue.poke()
+
+    # -- reservations -------------------------------------------------------
+
+    def reserve(self, tokens, usd=0, *, now=None):
+        """Count an estimated call now; settle or release it later.
+
+        Admitted exactly like ``record``: raises WindowBreached and commits
+        nothing if the estimate does not fit.
+        """
+        cdef Problem problem
+        cdef uint64_t seq
+        cdef int64_t tok = tokens_arg(tokens)
+        cdef int64_t nanos = usd_arg(usd)
+        cdef int64_t at = self._now(now)
+        if self._admit(tok, nanos, at, True, &problem, &seq) == OK:
+            return Reservation(self, seq, tok, nanos)
+        raise WindowBreached(self._problem_result(&problem, tok, nanos))
+
+    def _settle(self, uint64_t seq, int64_t tokens, int64_t nanos):
+        cdef Problem problem
+        cdef int rc
+        with self.lock:
+            rc = ring_settle(&self.ring, seq, tokens, nanos, &problem)
+        if rc == PROBLEM:
+            raise overflow_error(self._windows[problem.window], problem.axis)
+        self._queue.poke()
+
+    def _release(self, uint64_t seq):
+        with self.lock:
+            ring_release(&self.ring, seq)
+        self._queue.poke()
+
+    # -- waiting ------------------------------------------------------------
+
+    def record_wait(self, tokens, usd=0, *, timeout=None):
+        """Block until the call fits, then record it.
+
+        Waiters are served first in, first out. Raises WindowBreached at once
+        if the call can never fit, and WaitTimeout (a TimeoutError) at once if
+        the wait it needs is longer than what is left of ``timeout`` seconds.
+        """
+        record_wait(self, tokens, usd, timeout)
+
+    def reserve_wait(self, tokens, usd=0, *, timeout=None):
+        """Block until the estimate fits, then reserve it (see ``record_wait``)."""
+        return reserve_wait(self, tokens, usd, timeout)
+
+    def arecord(self, tokens, usd=0, *, timeout=None):
+        """Wait without blocking the event loop, then record (see ``record_wait``).
+
+        Returns a coroutine.
+        """
+        return arecord(self, tokens, usd, timeout)
+
+    def areserve(self, tokens, usd=0, *, timeout=None):
+        """Wait without blocking the event loop, then reserve.
+
+        Use as ``async with budget.areserve(...) as reservation:`` or
+        ``reservation = await budget.areserve(...)``.
+        """
+        return AsyncReservation(self, tokens, usd, timeout)
 
     def _allocated_bytes(self):
         """Return the bytes the ring and window states hold (for benchmarks)."""
