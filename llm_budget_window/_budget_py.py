@@ -71,7 +71,9 @@ class BudgetWindows:
         clock: Callable[[], float] | None = None,
     ) -> None:
         if clock is not None and not callable(clock):
-            raise TypeError(f"clock must be callable or None, not {type(clock).__name__}")
+            raise TypeError(
+                f"clock must be callable or None, not {type(clock).__name__}"
+            )
         self._windows = validate_windows(windows)
         self._clock = clock
         self._lock = threading.Lock()
@@ -155,7 +157,11 @@ class BudgetWindows:
             raise overflow_error(window, axis)
         requested = (tokens, nanos, 1)[axis]
         return make_breach(
-            window, axis, self._sums[i][axis], requested, self._wait_ns(tokens, nanos, now)
+            window,
+            axis,
+            self._sums[i][axis],
+            requested,
+            self._wait_ns(tokens, nanos, now),
         )
 
     def _wait_ns(self, tokens: int, nanos: int, now: int) -> int:
@@ -165,10 +171,15 @@ class BudgetWindows:
         for i, caps in enumerate(self._caps):
             # An uncapped axis counts as capped at the int64 limit, as in C.
             limits = [_INT64_MAX if cap is None else cap for cap in caps]
-            if any(amounts[axis] > limits[axis] for axis in (_TOKENS, _NANOS, _REQUESTS)):
+            if any(
+                amounts[axis] > limits[axis] for axis in (_TOKENS, _NANOS, _REQUESTS)
+            ):
                 return -1
             sums = self._sums[i]
-            excess = [sums[axis] + amounts[axis] - limits[axis] for axis in (_TOKENS, _NANOS, _REQUESTS)]
+            excess = [
+                sums[axis] + amounts[axis] - limits[axis]
+                for axis in (_TOKENS, _NANOS, _REQUESTS)
+            ]
             if max(excess) <= 0:
                 continue
             for seq in range(self._heads[i], self._next):
@@ -218,7 +229,9 @@ class BudgetWindows:
             self._commit(tokens, nanos, at)
             return None
 
-    def record(self, tokens: int, usd: Number = 0, *, now: Number | None = None) -> None:
+    def record(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> None:
         """Record a call in every window, or raise WindowBreached and record nothing."""
         breach = self.try_record(tokens, usd, now=now)
         if breach is not None:
@@ -238,7 +251,9 @@ class BudgetWindows:
                 return None
             return self._problem_result(problem, tokens, nanos, at)
 
-    def retry_after(self, tokens: int, usd: Number = 0, *, now: Number | None = None) -> float:
+    def retry_after(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> float:
         """Return seconds until a call would fit: 0.0 if now, ``inf`` if never.
 
         Assumes nothing else is recorded meanwhile. Commits nothing.
@@ -257,7 +272,7 @@ class BudgetWindows:
         with self._lock:
             self._advance(at)
             sums = [tuple(s) for s in self._sums]
-        return [make_snapshot(w, *s) for w, s in zip(self._windows, sums)]
+        return [make_snapshot(w, *s) for w, s in zip(self._windows, sums, strict=True)]
 
     def reset(self) -> None:
         """Forget every record and the latest time seen, in every window."""
@@ -293,7 +308,11 @@ class BudgetWindows:
 
     def _holding(self, seq: int) -> list[list[int]]:
         """Return the sums of the windows that still hold record ``seq``."""
-        return [sums for head, sums in zip(self._heads, self._sums) if head <= seq]
+        return [
+            sums
+            for head, sums in zip(self._heads, self._sums, strict=True)
+            if head <= seq
+        ]
 
     def _settle(self, seq: int, tokens: int, nanos: int) -> None:
         with self._lock:

@@ -126,6 +126,4 @@ class Reservation:
             self.release()
 
     def __repr__(self) -> str:
-        return (
-            f"<Reservation {self.state} tokens={self._tokens} usd={self.usd!r}>"
-        )
+        return f"<Reservation {self.state} tokens={self._tokens} usd={self.usd!r}>"

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: Real numbers accepted for USD amounts, seconds and caps.
-Number = Union[int, float, Decimal, Fraction, str]
+Number = Union[int, float, Decimal, Fraction, str]  # noqa: UP007 (a runtime alias on 3.10)
 
 #: Nanoseconds per second, and nano-dollars per dollar.
 NANOS_PER_UNIT = 1_000_000_000
@@ -108,7 +108,9 @@ def to_nanos(value: object, name: str, *, signed: bool = False) -> int:
     ``(-2**62, 2**62)`` when ``signed``.
     """
     exact = _exact(value, name)
-    nanos = exact * NANOS_PER_UNIT if type(exact) is int else round(exact * NANOS_PER_UNIT)
+    nanos = (
+        exact * NANOS_PER_UNIT if type(exact) is int else round(exact * NANOS_PER_UNIT)
+    )
     if nanos < 0 and not signed:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
     if not -MAX_NANOS < nanos < MAX_NANOS:
@@ -157,9 +159,8 @@ def ns_to_seconds(ns: int | float) -> float:
 def _duration_ns(duration: object) -> int:
     if isinstance(duration, datetime.timedelta):
         ns = (
-            (duration.days * 86_400 + duration.seconds) * NANOS_PER_UNIT
-            + duration.microseconds * 1_000
-        )
+            duration.days * 86_400 + duration.seconds
+        ) * NANOS_PER_UNIT + duration.microseconds * 1_000
     else:
         ns = to_nanos(duration, "duration", signed=True)
     if ns <= 0:
@@ -173,7 +174,9 @@ def _count_cap(cap: object, name: str) -> int | None:
     if cap is None:
         return None
     if isinstance(cap, bool) or not isinstance(cap, int):
-        raise TypeError(f"{name} must be an int or None, not {type(cap).__name__}: {cap!r}")
+        raise TypeError(
+            f"{name} must be an int or None, not {type(cap).__name__}: {cap!r}"
+        )
     if cap < 0:
         raise ValueError(f"{name} must be >= 0, got {cap!r}")
     if cap >= MAX_CAP:
@@ -201,7 +204,13 @@ class Window:
     immutable and hashable; the ``with_*`` methods return new windows.
     """
 
-    __slots__ = ("_name", "_duration_ns", "_token_cap", "_usd_cap_nanos", "_request_cap")
+    __slots__ = (
+        "_name",
+        "_duration_ns",
+        "_token_cap",
+        "_usd_cap_nanos",
+        "_request_cap",
+    )
 
     _name: str
     _duration_ns: int
@@ -235,9 +244,11 @@ class Window:
         raise AttributeError(f"Window is immutable; cannot delete {name}")
 
     def _replace(self, **changes: object) -> Window:
-        fields = {
+        fields: dict[str, object] = {
             "token_cap": self._token_cap,
-            "usd_cap": None if self._usd_cap_nanos is None else Fraction(self._usd_cap_nanos, NANOS_PER_UNIT),
+            "usd_cap": None
+            if self._usd_cap_nanos is None
+            else Fraction(self._usd_cap_nanos, NANOS_PER_UNIT),
             "request_cap": self._request_cap,
         }
         fields.update(changes)
@@ -278,7 +289,9 @@ class Window:
     @property
     def usd_cap(self) -> float | None:
         """The most dollars the window holds, or None for no cap."""
-        return None if self._usd_cap_nanos is None else nanos_to_usd(self._usd_cap_nanos)
+        return (
+            None if self._usd_cap_nanos is None else nanos_to_usd(self._usd_cap_nanos)
+        )
 
     @property
     def usd_cap_nanos(self) -> int | None:
@@ -332,7 +345,9 @@ def _rebuild_window(
         name,
         Fraction(duration_ns, NANOS_PER_UNIT),
         token_cap=token_cap,
-        usd_cap=None if usd_cap_nanos is None else Fraction(usd_cap_nanos, NANOS_PER_UNIT),
+        usd_cap=None
+        if usd_cap_nanos is None
+        else Fraction(usd_cap_nanos, NANOS_PER_UNIT),
         request_cap=request_cap,
     )
 
@@ -376,7 +391,15 @@ class Breach:
     nothing else were recorded meanwhile (``math.inf`` if it never can).
     """
 
-    __slots__ = ("window_name", "axis", "attempted", "cap", "used", "requested", "retry_after")
+    __slots__ = (
+        "window_name",
+        "axis",
+        "attempted",
+        "cap",
+        "used",
+        "requested",
+        "retry_after",
+    )
 
     window_name: str
     axis: Axis
@@ -503,7 +526,9 @@ class WindowSnapshot:
     requests_remaining: int | None
 
 
-def make_snapshot(window: Window, tokens: int, nanos: int, requests: int) -> WindowSnapshot:
+def make_snapshot(
+    window: Window, tokens: int, nanos: int, requests: int
+) -> WindowSnapshot:
     """Build a WindowSnapshot from an engine's integer sums."""
     token_cap = window._token_cap
     nanos_cap = window._usd_cap_nanos

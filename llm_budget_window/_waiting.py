@@ -13,6 +13,7 @@ queued: they take whatever room there is, as they always do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
@@ -74,19 +75,16 @@ class _TaskWaiter:
 
     def wake(self) -> None:
         # Any thread may wake a task; the event belongs to the task's loop.
-        try:
+        # A closed loop raises RuntimeError: its task is gone and needs no wake.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._event.set)
-        except RuntimeError:
-            pass  # the loop is closed: its task is gone and needs no wake-up
 
     def clear(self) -> None:
         self._event.clear()
 
     async def wait(self, timeout: float | None) -> None:
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._event.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
 
 
 class WaitQueue:
@@ -156,7 +154,9 @@ def _never_fits(budget: _Budget, tokens: int, usd: Number) -> None:
         raise WindowBreached(breach)
 
 
-def _attempt_record(budget: _Budget, tokens: int, usd: Number) -> tuple[None, Breach | None]:
+def _attempt_record(
+    budget: _Budget, tokens: int, usd: Number
+) -> tuple[None, Breach | None]:
     return None, budget.try_record(tokens, usd)
 
 
@@ -258,11 +258,21 @@ def record_wait(budget: Any, tokens: int, usd: Number, timeout: object) -> None:
 
 
 def reserve_wait(budget: Any, tokens: int, usd: Number, timeout: object) -> Reservation:
-    return wait_in_thread(budget, _attempt_reserve, tokens, usd, timeout)
+    reservation = wait_in_thread(budget, _attempt_reserve, tokens, usd, timeout)
+    assert reservation is not None  # an attempt without a breach reserved
+    return reservation
 
 
 async def arecord(budget: Any, tokens: int, usd: Number, timeout: object) -> None:
     await wait_in_task(budget, _attempt_record, tokens, usd, timeout)
+
+
+async def _await_reservation(
+    budget: Any, tokens: int, usd: Number, timeout: object
+) -> Reservation:
+    reservation = await wait_in_task(budget, _attempt_reserve, tokens, usd, timeout)
+    assert reservation is not None  # an attempt without a breach reserved
+    return reservation
 
 
 class AsyncReservation:
@@ -283,8 +293,8 @@ class AsyncReservation:
         self._reservation: Reservation | None = None
 
     def __await__(self) -> Any:
-        return wait_in_task(
-            self._budget, _attempt_reserve, self._tokens, self._usd, self._timeout
+        return _await_reservation(
+            self._budget, self._tokens, self._usd, self._timeout
         ).__await__()
 
     async def __aenter__(self) -> Reservation:
