@@ -231,11 +231,12 @@ cdef inline int ring_admit(Ring *ring, int64_t tokens, int64_t nanos, int64_t no
                            uint64_t *seq) noexcept nogil:
     """The whole check-and-commit: OK, PROBLEM (filled in) or -1 (no memory).
 
-    Each window is evicted and checked in one pass. A breach stops the pass
-    early; the windows after it are evicted by a later call, which is safe
-    because eviction only ever moves a head forward.
+    Each window is evicted and checked in one pass. After a breach the
+    remaining windows are still evicted: every window must have evicted at
+    the same time, so that the longest window's head is the oldest of all
+    and marks the records the ring has to keep.
     """
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, j
     cdef int axis
     cdef WindowState *window
     now = ring_clamp(ring, now)
@@ -244,6 +245,8 @@ cdef inline int ring_admit(Ring *ring, int64_t tokens, int64_t nanos, int64_t no
         window_evict(ring, window, now)
         axis = window_problem_axis(window, tokens, nanos)
         if axis >= 0:
+            for j in range(i + 1, ring.n_windows):
+                window_evict(ring, &ring.windows[j], now)
             problem.window = i
             problem.axis = axis
             problem.used = window.sum[axis]
