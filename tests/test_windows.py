@@ -184,7 +184,10 @@ def test_repr_shows_name_duration_and_only_the_set_caps() -> None:
         == "Window('minute', duration=60.0, token_cap=50000, usd_cap=1.0, "
         "request_cap=9)"
     )
-    assert repr(Window("d", 0.5, usd_cap=0.25)) == "Window('d', duration=0.5, usd_cap=0.25)"
+    assert (
+        repr(Window("d", 0.5, usd_cap=0.25))
+        == "Window('d', duration=0.5, usd_cap=0.25)"
+    )
 
 
 def test_repr_evaluates_back_to_an_equal_window() -> None:
