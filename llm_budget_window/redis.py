@@ -1,0 +1,515 @@
+"""One budget shared by many processes and hosts, kept in Redis.
+
+``RedisBudgetWindows`` (a redis-py ``Redis`` client) and
+``AsyncRedisBudgetWindows`` (a ``redis.asyncio.Redis`` client) offer the
+methods of ``BudgetWindows`` (``record``, ``try_record``, ``check``,
+``retry_after``, ``snapshot``, ``reset``) and give the same answers. Each
+call is one EVALSHA of a Lua script, so the check and the commit are atomic
+across every window and against every other client. Time comes from the
+server's ``TIME`` unless a call passes ``now=`` (seconds).
+
+Needs the ``redis`` extra: ``pip install llm-budget-window[redis]``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.asyncio
+
+from . import _redis_lua as lua
+from ._types import (
+    Breach,
+    Number,
+    Window,
+    WindowBreached,
+    WindowSnapshot,
+    make_breach,
+    make_snapshot,
+    ns_to_seconds,
+    overflow_error,
+    seconds_to_ns,
+    to_tokens,
+    usd_to_nanos,
+    validate_windows,
+)
+
+if TYPE_CHECKING:
+    from redis.commands.core import AsyncScript, Script
+
+__all__ = [
+    "AsyncRedisBudgetWindows",
+    "BudgetBackendError",
+    "BudgetConfigMismatch",
+    "RedisBudgetWindows",
+]
+
+logger = logging.getLogger(__name__)
+
+_INT64_MAX = (1 << 63) - 1
+_PAIR_BASE = lua.PAIR_BASE
+
+
+class BudgetBackendError(RuntimeError):
+    """Raised when Redis cannot be reached or answers with an error.
+
+    The error from redis-py is the ``__cause__``. If it came after the request
+    was sent (a timeout), the call may have been committed: the budget then
+    counts a call the caller did not make, which errs on the side of spending
+    less, never more.
+    """
+
+
+class BudgetConfigMismatch(ValueError):
+    """Raised when a budget's name is already used in Redis with other windows.
+
+    A budget's stored sums depend on its window durations and their order;
+    two clients sharing a name must declare the same durations (caps may
+    differ: each client enforces its own caps against the shared sums).
+    Raised whatever ``fail_open`` says, because it is a configuration error.
+    """
+
+
+class _RedisBudgetBase:
+    """What the sync and asyncio classes share: arguments in, answers out."""
+
+    __slots__ = (
+        "_windows",
+        "_name",
+        "_key",
+        "_fail_open",
+        "_window_args",
+        "_config",
+        "_ttl_ms",
+        "_id_prefix",
+        "_id_counter",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        windows: Iterable[Window],
+        *,
+        fail_open: bool,
+        key_prefix: str,
+    ) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}: {name!r}")
+        if not name or "{" in name or "}" in name:
+            raise ValueError(
+                f"name must be a non-empty str without braces, got {name!r}"
+            )
+        if not isinstance(key_prefix, str):
+            raise TypeError(
+                f"key_prefix must be a str, not {type(key_prefix).__name__}: "
+                f"{key_prefix!r}"
+            )
+        self._windows = validate_windows(windows)
+        self._name = name
+        # The braces make the name a hash tag: every key of this budget lands
+        # in the same Redis Cluster slot.
+        self._key = f"{key_prefix}:{{{name}}}"
+        self._fail_open = bool(fail_open)
+
+        durations = [w.duration_ns for w in self._windows]
+        longest = durations.index(max(durations))
+        self._config = ",".join(str(d) for d in durations)
+        # Keys expire once the longest window has passed with no call.
+        self._ttl_ms = -(-durations[longest] // 1_000_000)
+        args: list[int] = [longest + 1]
+        for window in self._windows:
+            for value in (
+                window.duration_ns,
+                window.token_cap,
+                window.usd_cap_nanos,
+                window.request_cap,
+            ):
+                args.extend(lua.encode_pair(_INT64_MAX if value is None else value))
+        self._window_args = tuple(args)
+        self._id_prefix = os.urandom(8).hex()
+        self._id_counter = itertools.count()
+
+    @property
+    def windows(self) -> tuple[Window, ...]:
+        """The windows, in declaration order."""
+        return self._windows
+
+    @property
+    def name(self) -> str:
+        """The budget's name, shared by every client of this budget."""
+        return self._name
+
+    @property
+    def key(self) -> str:
+        """The Redis key holding the whole budget."""
+        return self._key
+
+    @property
+    def fail_open(self) -> bool:
+        """Whether a call is admitted (with a warning) when Redis fails."""
+        return self._fail_open
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self._name!r}, {list(self._windows)!r}, "
+            f"fail_open={self._fail_open!r})"
+        )
+
+    # -- encoding and decoding ------------------------------------------------
+
+    def _args(
+        self, tokens: int, nanos: int, now: Number | None, call_id: str = ""
+    ) -> list[str | int]:
+        if now is None:
+            now_pair: tuple[str | int, str | int] = ("", "")
+        else:
+            now_pair = lua.encode_pair(seconds_to_ns(now, "now"))
+        return [
+            call_id,
+            self._config,
+            self._ttl_ms,
+            *now_pair,
+            *lua.encode_pair(tokens),
+            *lua.encode_pair(nanos),
+            *self._window_args,
+        ]
+
+    def _new_call_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):x}"
+
+    def _decide(self, reply: Sequence[int], tokens: int, nanos: int) -> Breach | None:
+        if reply[0] == 0:
+            return None
+        _, index, axis, used_high, used_low, never, wait_high, wait_low = reply
+        window = self._windows[index]
+        if (window.token_cap, window.usd_cap_nanos, window.request_cap)[axis] is None:
+            raise overflow_error(window, axis)
+        wait_ns = -1 if never else wait_high * _PAIR_BASE + wait_low
+        requested = (tokens, nanos, 1)[axis]
+        return make_breach(
+            window, axis, used_high * _PAIR_BASE + used_low, requested, wait_ns
+        )
+
+    @staticmethod
+    def _seconds(reply: Sequence[int]) -> float:
+        never, wait_high, wait_low = reply
+        if never:
+            return math.inf
+        return ns_to_seconds(wait_high * _PAIR_BASE + wait_low)
+
+    def _snapshots(self, reply: Sequence[int]) -> list[WindowSnapshot]:
+        result = []
+        for i, window in enumerate(self._windows):
+            tok_high, tok_low, nanos_high, nanos_low, requests = reply[
+                5 * i : 5 * i + 5
+            ]
+            result.append(
+                make_snapshot(
+                    window,
+                    tok_high * _PAIR_BASE + tok_low,
+                    nanos_high * _PAIR_BASE + nanos_low,
+                    requests,
+                )
+            )
+        return result
+
+    def _failure(self, error: redis.RedisError, operation: str) -> BudgetBackendError:
+        """Return the error to raise for a failed round trip (or raise a mismatch)."""
+        message = str(error)
+        if isinstance(error, redis.ResponseError) and message.startswith("LBWCONFIG"):
+            stored = message.split(" ", 1)[1] if " " in message else "?"
+            raise BudgetConfigMismatch(
+                f"budget {self._name!r} is stored in Redis with window durations "
+                f"[{stored}] ns, but this client declares [{self._config}] ns; "
+                "use another name, the same durations, or reset() it"
+            ) from error
+        return BudgetBackendError(
+            f"budget {self._name!r}: {operation} failed in Redis: "
+            f"{type(error).__name__}: {message}"
+        )
+
+    def _admit_on_failure(self, error: redis.RedisError, operation: str) -> None:
+        """Raise for a failed round trip, or log and return if failing open."""
+        failure = self._failure(error, operation)
+        if not self._fail_open:
+            raise failure from error
+        logger.warning("%s; admitting the call (fail_open=True)", failure)
+
+
+class RedisBudgetWindows(_RedisBudgetBase):
+    """A budget of several rolling windows, shared through Redis.
+
+    ``client`` is a ``redis.Redis``; ``name`` identifies the budget (clients
+    using the same name share it; it becomes the hash tag of the key
+    ``"{key_prefix}:{{name}}"``); ``windows`` as for ``BudgetWindows``.
+    Amounts and times are validated here, before any round trip, exactly as
+    in-process. When Redis fails, ``BudgetBackendError`` is raised (fail
+    closed); with ``fail_open=True``, ``record``, ``try_record`` and
+    ``check`` admit the call, ``retry_after`` answers 0.0, and a warning is
+    logged (``snapshot`` and ``reset`` still raise). Safe to call from many
+    threads, processes and hosts at once.
+    """
+
+    __slots__ = ("_client", "_try_record", "_check", "_retry_after", "_snapshot")
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        name: str,
+        windows: Iterable[Window],
+        *,
+        fail_open: bool = False,
+        key_prefix: str = "llm-budget-window",
+    ) -> None:
+        super().__init__(name, windows, fail_open=fail_open, key_prefix=key_prefix)
+        self._client = client
+        self._try_record: Script = client.register_script(lua.TRY_RECORD)
+        self._check: Script = client.register_script(lua.CHECK)
+        self._retry_after: Script = client.register_script(lua.RETRY_AFTER)
+        self._snapshot: Script = client.register_script(lua.SNAPSHOT)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client this budget talks through."""
+        return self._client
+
+    def _run(self, script: Script, args: list[str | int]) -> Any:
+        # redis-py's Script sends EVALSHA and, after a NOSCRIPT reply (the
+        # script cache was flushed), loads the script and sends it again.
+        return script(keys=[self._key], args=args)
+
+    def try_record(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> Breach | None:
+        """Record a call if it fits every window; else return the first Breach.
+
+        ``tokens`` is an int, ``usd`` dollars, ``now`` seconds (default: the
+        server's clock). Nothing is committed when a Breach is returned or an
+        exception is raised. Raises BudgetBackendError when Redis fails
+        (unless ``fail_open``), OverflowError when an uncapped sum would pass
+        2**63 - 1.
+        """
+        tokens = to_tokens(tokens)
+        nanos = usd_to_nanos(usd)
+        args = self._args(tokens, nanos, now, self._new_call_id())
+        try:
+            reply = self._run(self._try_record, args)
+        except redis.RedisError as error:
+            self._admit_on_failure(error, "try_record")
+            return None
+        return self._decide(reply, tokens, nanos)
+
+    def record(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> None:
+        """Record a call in every window, or raise WindowBreached and record nothing."""
+        breach = self.try_record(tokens, usd, now=now)
+        if breach is not None:
+            raise WindowBreached(breach)
+
+    def check(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> Breach | None:
+        """Return the Breach a call would cause, or None if it fits; commit nothing."""
+        tokens = to_tokens(tokens)
+        nanos = usd_to_nanos(usd)
+        args = self._args(tokens, nanos, now)
+        try:
+            reply = self._run(self._check, args)
+        except redis.RedisError as error:
+            self._admit_on_failure(error, "check")
+            return None
+        return self._decide(reply, tokens, nanos)
+
+    def retry_after(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> float:
+        """Return seconds until a call would fit: 0.0 if now, ``inf`` if never.
+
+        Assumes nothing else is recorded meanwhile. Commits nothing.
+        """
+        tokens = to_tokens(tokens)
+        nanos = usd_to_nanos(usd)
+        args = self._args(tokens, nanos, now)
+        try:
+            reply = self._run(self._retry_after, args)
+        except redis.RedisError as error:
+            self._admit_on_failure(error, "retry_after")
+            return 0.0
+        return self._seconds(reply)
+
+    def snapshot(self, *, now: Number | None = None) -> list[WindowSnapshot]:
+        """Return each window's use, in declaration order.
+
+        Raises BudgetBackendError when Redis fails, even with ``fail_open``.
+        """
+        args = self._args(0, 0, now)
+        try:
+            reply = self._run(self._snapshot, args)
+        except redis.RedisError as error:
+            raise self._failure(error, "snapshot") from error
+        return self._snapshots(reply)
+
+    def reset(self) -> None:
+        """Forget every record and the latest time seen, for every client.
+
+        Raises BudgetBackendError when Redis fails, even with ``fail_open``.
+        """
+        try:
+            self._client.delete(self._key)
+        except redis.RedisError as error:
+            raise self._failure(error, "reset") from error
+
+
+class AsyncRedisBudgetWindows(_RedisBudgetBase):
+    """The asyncio form of ``RedisBudgetWindows``: the same methods, awaited.
+
+    ``client`` is a ``redis.asyncio.Redis``. Everything else, answers and
+    errors included, is as in ``RedisBudgetWindows``.
+    """
+
+    __slots__ = ("_client", "_try_record", "_check", "_retry_after", "_snapshot")
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        name: str,
+        windows: Iterable[Window],
+        *,
+        fail_open: bool = False,
+        key_prefix: str = "llm-budget-window",
+    ) -> None:
+        super().__init__(name, windows, fail_open=fail_open, key_prefix=key_prefix)
+        self._client = client
+        self._try_record: AsyncScript = client.register_script(lua.TRY_RECORD)
+        self._check: AsyncScript = client.register_script(lua.CHECK)
+        self._retry_after: AsyncScript = client.register_script(lua.RETRY_AFTER)
+        self._snapshot: AsyncScript = client.register_script(lua.SNAPSHOT)
+
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        """The redis-py asyncio client this budget talks through."""
+        return self._client
+
+    async def _run(self, script: AsyncScript, args: list[str | int]) -> Any:
+        return await script(keys=[self._key], args=args)
+
+    async def try_record(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> Breach | None:
+        """Record a call if it fits every window; else return the first Breach.
+
+        See ``RedisBudgetWindows.try_record``.
+        """
+        tokens = to_tokens(tokens)
+        nanos = usd_to_nanos(usd)
+        args = self._args(tokens, nanos, now, self._new_call_id())
+        try:
+            reply = await self._run(self._try_record, args)
+        except redis.RedisError as error:
+            self._admit_on_failure(error, "try_record")
+            return None
+        return self._decide(reply, tokens, nanos)
+
+    async def record(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> None:
+        """Record a call in every window, or raise WindowBreached and record nothing."""
+        breach = await self.try_record(tokens, usd, now=now)
+        if breach is not None:
+            raise WindowBreached(breach)
+
+    async def check(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> Breach | None:
+        """Return the Breach a call would cause, or None if it fits; commit nothing."""
+        tokens = to_tokens(tokens)
+        nanos = usd_to_nanos(usd)
+        args = self._args(tokens, nanos, now)
+        try:
+            reply = await self._run(self._check, args)
+        except redis.RedisError as error:
+            self._admit_on_failure(error, "check")
+            return None
+        return self._decide(reply, tokens, nanos)
+
+    async def retry_after(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> float:
+        """Return seconds until a call would fit: 0.0 if now, ``inf`` if never."""
+        tokens = to_tokens(tokens)
+        nanos = usd_to_nanos(usd)
+        args = self._args(tokens, nanos, now)
+        try:
+            reply = await self._run(self._retry_after, args)
+        except redis.RedisError as error:
+            self._admit_on_failure(error, "retry_after")
+            return 0.0
+        return self._seconds(reply)
+
+    async def snapshot(self, *, now: Number | None = None) -> list[WindowSnapshot]:
+        """Return each window's use, in declaration order (raises on failure)."""
+        args = self._args(0, 0, now)
+        try:
+            reply = await self._run(self._snapshot, args)
+        except redis.RedisError as error:
+            raise self._failure(error, "snapshot") from error
+        return self._snapshots(reply)
+
+    async def reset(self) -> None:
+        """Forget every record and the latest time seen, for every client."""
+        try:
+            await self._client.delete(self._key)
+        except redis.RedisError as error:
+            raise self._failure(error, "reset") from error
+
+
+def read_records(client: redis.Redis, key: str) -> list[tuple[int, int, int]]:
+    """Return the records a budget still holds as (time ns, tokens, nano-dollars).
+
+    For inspection and tests: reads the whole budget (O(records held)).
+    """
+    import struct
+
+    fields: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
+    state = fields.get(b"s")
+    if state is None:
+        return []
+    count = (len(state) // 8 - 7) // 5
+    values = struct.unpack(f"<{7 + 5 * count}d", state)
+    next_seq = int(values[2])
+    heads = [int(values[7 + 5 * w]) for w in range(count)]
+    start = min(heads)
+    records = []
+    previous: tuple[int, int] | None = None
+    for seq in range(start, next_seq):
+        t_high, t_low, tok_high, tok_low, n_high, n_low = struct.unpack(
+            "<6d", fields[str(seq).encode()][:48]
+        )
+        cumulative = (
+            int(tok_high) * _PAIR_BASE + int(tok_low),
+            int(n_high) * _PAIR_BASE + int(n_low),
+        )
+        if previous is None:
+            w = heads.index(start)
+            base = values[7 + 5 * w + 1 : 7 + 5 * w + 5]
+            previous = (
+                int(base[0]) * _PAIR_BASE + int(base[1]),
+                int(base[2]) * _PAIR_BASE + int(base[3]),
+            )
+        modulus = 10**19
+        records.append(
+            (
+                int(t_high) * _PAIR_BASE + int(t_low),
+                (cumulative[0] - previous[0]) % modulus,
+                (cumulative[1] - previous[1]) % modulus,
+            )
+        )
+        previous = cumulative
+    return records
