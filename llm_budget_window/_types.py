@@ -85,9 +85,12 @@ def _exact(value: object, name: str) -> Fraction | int:
         return Fraction(*value.as_integer_ratio())
     if isinstance(value, str):
         try:
-            value = Decimal(value.strip())
+            number = Decimal(value.strip())
         except InvalidOperation:
             raise ValueError(f"{name} must be a number, got {value!r}") from None
+        if not number.is_finite():
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        return Fraction(number)
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"{name} must be finite, got {value!r}")
@@ -108,11 +111,13 @@ def to_nanos(value: object, name: str, *, signed: bool = False) -> int:
     ``(-2**62, 2**62)`` when ``signed``.
     """
     exact = _exact(value, name)
+    # The sign is judged before rounding: a tiny negative amount is an error,
+    # not a zero.
+    if exact < 0 and not signed:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
     nanos = (
         exact * NANOS_PER_UNIT if type(exact) is int else round(exact * NANOS_PER_UNIT)
     )
-    if nanos < 0 and not signed:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
     if not -MAX_NANOS < nanos < MAX_NANOS:
         raise ValueError(
             f"{name} is too large for the integer accounting "
@@ -409,6 +414,11 @@ class Breach:
     requested: int | float
     retry_after: float
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # A frozen dataclass with __slots__ cannot restore its state by
+        # assignment, so it is rebuilt from its fields.
+        return (type(self), tuple(getattr(self, f) for f in self.__slots__))
+
 
 def make_breach(
     window: Window, axis_index: int, used: int, requested: int, retry_after_ns: int
@@ -524,6 +534,9 @@ class WindowSnapshot:
     tokens_remaining: int | None
     usd_remaining: float | None
     requests_remaining: int | None
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), tuple(getattr(self, f) for f in self.__slots__))
 
 
 def make_snapshot(
