@@ -445,12 +445,23 @@ def _amount_text(axis: Axis, amount: int | float | None) -> str:
     return _count_text(int(amount))
 
 
-def _share_text(peak: int | float, cap: int | float | None) -> str:
+def _share_text(axis: Axis, peak: int | float, cap: int | float | None) -> str:
     if not cap:
         return "-"
     # Rounded down, so that a peak just under its cap never reads 100.00%.
-    hundredths = math.floor(Fraction(peak) * 10_000 / Fraction(cap))
+    hundredths = math.floor(_exact(axis, peak) * 10_000 / _exact(axis, cap))
     return f"{hundredths // 100}.{hundredths % 100:02d}%"
+
+
+def _exact(axis: Axis, amount: int | float) -> Fraction:
+    """Return an amount as reported, exactly: USD back to whole nano-dollars.
+
+    Float dollars are a whole number of nano-dollars divided once, so
+    rounding them back to nano-dollars recovers that number exactly.
+    """
+    if axis is Axis.USD:
+        return Fraction(round(Fraction(amount) * NANOS_PER_UNIT), NANOS_PER_UNIT)
+    return Fraction(amount)
 
 
 def _moment_text(log: UsageLog, k: int | None) -> str:
@@ -521,7 +532,7 @@ def render_text(report: ReplayReport, engine: str) -> str:
                 peak.axis.value,
                 _amount_text(peak.axis, peak.cap),
                 _amount_text(peak.axis, peak.peak),
-                _share_text(peak.peak, peak.cap),
+                _share_text(peak.axis, peak.peak, peak.cap),
                 _moment_text(log, peak.reached_at),
                 _count_text(peak.rejected_calls),
             ]

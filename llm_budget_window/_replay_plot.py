@@ -148,7 +148,7 @@ def plot_report(report: ReplayReport, path: str) -> None:
         # Headroom above the cap keeps its line and the rejection marks visible.
         top = max(peak.cap or 0, max(use) / scale)
         chart.set_ylim(0, top * 1.15 or 1)
-        chart.set_xlim(0, span_ns / unit_ns)
+        chart.set_xlim(0, max(span_ns, unit_ns // 10) / unit_ns)
         chart.yaxis.set_major_formatter(StrMethodFormatter(_TICK_FORMATS[peak.axis]))
         chart.grid(alpha=0.3)
         chart.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
