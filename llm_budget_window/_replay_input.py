@@ -134,6 +134,9 @@ def parse_time_ns(cell: object) -> int:
     if not isinstance(cell, str):
         raise ValueError(cell)
     text = cell.strip()
+    # LIMITATION: a time without an offset is read as UTC, as the log gives no
+    # zone; a log written in local time jumps by an hour at a daylight-saving
+    # change. See docs/replay.md, Limitations.
     match = _ISO_TIME.fullmatch(text)
     if match is None:
         return _seconds_to_ns(_decimal(text))
@@ -394,6 +397,9 @@ def _read_stream(
         if plan.tokens is not None
         else tuple(name for name in (plan.input, plan.output) if name is not None)
     )
+    # LIMITATION: every call is read into memory (about 250 bytes a call)
+    # before the replay starts, because the report and the plot refer back to
+    # the calls' timestamps and lines. See docs/replay.md, Limitations.
     log = UsageLog(path, chosen, plan.time, token_columns, plan.usd, prices)
 
     # Nano-dollars per token, as integers over one common denominator, so that
