@@ -1,20 +1,22 @@
 """Reservations: count an estimate before an LLM call, settle the actual after.
 
-One class serves every engine. An engine hands out a Reservation from
-``reserve`` and offers two primitives, ``_settle(seq, tokens, nanos)`` and
-``_release(seq)``, that rewrite or void the record numbered ``seq`` in every
-window that still holds it.
+One class serves every engine called from sync code. An engine hands out a
+Reservation from ``reserve`` and offers two primitives, ``_settle(seq,
+tokens, nanos)`` and ``_release(seq)``, that rewrite or void the record
+numbered ``seq`` in every window that still holds it. ``ReservationState``
+is the part an asyncio form (whose engine's primitives are coroutines)
+shares with it.
 """
 
 from __future__ import annotations
 
 import threading
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._types import Number, nanos_to_usd, to_tokens, usd_to_nanos
 
-__all__ = ["Reservation", "ReservationError"]
+__all__ = ["Reservation", "ReservationError", "ReservationState"]
 
 # Guards the open -> settled/released transition of every reservation; it is
 # held only to flip a state, never while an engine works.
@@ -35,20 +37,18 @@ class _Engine(Protocol):
     def _release(self, seq: int) -> None: ...
 
 
-class Reservation:
-    """An admitted call whose actual usage is not known yet.
+class ReservationState:
+    """The state every kind of reservation shares: amounts, and settled once.
 
-    It counts as a call of its estimated tokens and USD at the time it was
-    reserved. ``settle`` replaces the estimate by the actual amounts (never
-    refused for going over a cap: the spend has happened), ``release`` removes
-    the call as if it never happened. Exactly one of them may be called, once,
-    from any thread. As a context manager, a normal exit keeps the estimate
-    (or what was settled) and an exception releases the reservation.
+    ``seq`` identifies the reservation's record to its engine (a sequence
+    number in-process, a call number in Redis). Subclasses call ``_begin``
+    before asking the engine to settle or release, then ``_finish`` when it
+    did or ``_reopen`` when it raised.
     """
 
     __slots__ = ("_budget", "_seq", "_tokens", "_nanos", "_state")
 
-    def __init__(self, budget: _Engine, seq: int, tokens: int, nanos: int) -> None:
+    def __init__(self, budget: Any, seq: int, tokens: int, nanos: int) -> None:
         self._budget = budget
         self._seq = seq
         self._tokens = tokens
@@ -78,6 +78,37 @@ class Reservation:
                 )
             self._state = SETTLING
 
+    def _reopen(self) -> None:
+        self._state = OPEN
+
+    def _finish(self, state: str, tokens: int, nanos: int) -> None:
+        self._tokens = tokens
+        self._nanos = nanos
+        self._state = state
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.state} tokens={self._tokens} "
+            f"usd={self.usd!r}>"
+        )
+
+
+class Reservation(ReservationState):
+    """An admitted call whose actual usage is not known yet.
+
+    It counts as a call of its estimated tokens and USD at the time it was
+    reserved. ``settle`` replaces the estimate by the actual amounts (never
+    refused for going over a cap: the spend has happened), ``release`` removes
+    the call as if it never happened. Exactly one of them may be called, once,
+    from any thread. As a context manager, a normal exit keeps the estimate
+    (or what was settled) and an exception releases the reservation.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, budget: _Engine, seq: int, tokens: int, nanos: int) -> None:
+        super().__init__(budget, seq, tokens, nanos)
+
     def settle(self, tokens: int, usd: Number = 0) -> None:
         """Replace the estimate by the actual usage, at the original timestamp.
 
@@ -93,11 +124,9 @@ class Reservation:
         try:
             self._budget._settle(self._seq, tokens, nanos)
         except BaseException:
-            self._state = OPEN
+            self._reopen()
             raise
-        self._tokens = tokens
-        self._nanos = nanos
-        self._state = SETTLED
+        self._finish(SETTLED, tokens, nanos)
 
     def release(self) -> None:
         """Remove the call from every window that still holds it.
@@ -109,9 +138,9 @@ class Reservation:
         try:
             self._budget._release(self._seq)
         except BaseException:
-            self._state = OPEN
+            self._reopen()
             raise
-        self._state = RELEASED
+        self._finish(RELEASED, self._tokens, self._nanos)
 
     def __enter__(self) -> Reservation:
         return self
@@ -124,6 +153,3 @@ class Reservation:
     ) -> None:
         if exc_type is not None and self._state == OPEN:
             self.release()
-
-    def __repr__(self) -> str:
-        return f"<Reservation {self.state} tokens={self._tokens} usd={self.usd!r}>"

@@ -18,7 +18,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from ._reservation import Reservation
@@ -230,10 +230,32 @@ async def wait_in_task(
     has committed nothing (an attempt runs between two awaits, never across
     one).
     """
+
+    async def never_fits() -> None:
+        _never_fits(budget, tokens, usd)
+
+    async def attempt_once() -> tuple[T, Breach | None]:
+        return attempt(budget, tokens, usd)
+
+    return await wait_for_room(budget._queue, never_fits, attempt_once, timeout)
+
+
+async def wait_for_room(
+    queue: WaitQueue,
+    never_fits: Callable[[], Awaitable[None]],
+    attempt: Callable[[], Awaitable[tuple[T, Breach | None]]],
+    timeout: object,
+) -> T:
+    """Suspend this task in ``queue`` until ``attempt`` succeeds at its head.
+
+    ``never_fits`` validates the request and raises if it can never fit;
+    ``attempt`` commits and returns ``(result, None)``, or returns ``(_,
+    breach)`` having committed nothing. An attempt that awaits I/O must
+    itself make sure that a cancellation during it commits nothing.
+    """
     deadline = _deadline(timeout)
-    _never_fits(budget, tokens, usd)
+    await never_fits()
     waiter = _TaskWaiter()
-    queue = budget._queue
     queue.join(waiter)
     try:
         while True:
@@ -245,7 +267,7 @@ async def wait_in_task(
                 waiter.clear()
                 continue
             waiter.clear()
-            result, breach = attempt(budget, tokens, usd)
+            result, breach = await attempt()
             if breach is None:
                 return result
             await waiter.wait(_after_refusal(breach, deadline))
