@@ -2,20 +2,25 @@
 
 Behaviour tests take ``make_budget``, a factory ``make_budget(windows,
 clock=None)`` that builds a budget on one engine; the fixture is parametrized
-over every engine in ``ENGINES`` (ids ``c`` and ``py``), so each behaviour test
-runs once per engine. To add a backend, append its id to ``ENGINES`` and define
-a fixture ``budget_factory_<id>`` that returns a ``BudgetFactory``; it may
-depend on other fixtures (a server, a cleanup) like any fixture.
+over every engine in ``ENGINES`` (ids ``c``, ``py`` and ``redis``), so each
+behaviour test runs once per engine. To add a backend, append its id to
+``ENGINES`` and define a fixture ``budget_factory_<id>`` that returns a
+``BudgetFactory``; it may depend on other fixtures (a server, a cleanup) like
+any fixture.
 
 If the compiled core is not built, the ``c`` tests are skipped, unless the
 environment variable ``CI`` is set: then they fail, so that a broken build
-cannot pass unnoticed.
+cannot pass unnoticed. The ``redis`` tests carry the ``redis`` marker and
+need a server (see ``tests/redis_server.py``): skipped without one, failed
+without one when ``CI`` is set. A behaviour that the Redis backend does not
+share (a ``clock=`` callable, the in-process repr) is listed in
+``NOT_ON_REDIS`` with the reason, and its test is skipped on ``redis`` only.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -25,7 +30,51 @@ from hypothesis import HealthCheck, settings
 
 from llm_budget_window import Window
 
-ENGINES = ["c", "py"]
+from .redis_server import (
+    ClockedRedisBudget,
+    private_redis_server,
+    redis_client,
+    redis_url,
+    unique_name,
+)
+
+__all__ = ["private_redis_server", "redis_client", "redis_url"]
+
+ENGINES = ["c", "py", "redis"]
+
+#: Engines that need a server: their tests carry the ``redis`` marker.
+SERVER_ENGINES = {"redis"}
+
+_NO_CLOCK = (
+    "the Redis budget has no clock= (time is the server's, or now=); this "
+    "test is about the clock callable itself"
+)
+
+#: Behaviour tests that do not apply to the Redis backend, by module and
+#: test name (or ``*`` for a whole module), with the reason.
+NOT_ON_REDIS: dict[tuple[str, str], str] = {
+    ("test_budget", "test_default_clock_is_the_monotonic_clock_in_nanoseconds"): (
+        "the Redis budget's default clock is the server's TIME, tested in test_redis.py"
+    ),
+    ("test_budget", "test_exception_from_the_clock_propagates_and_commits_nothing"): (
+        _NO_CLOCK
+    ),
+    ("test_budget", "test_budget_repr_lists_its_windows"): (
+        "the Redis budget's repr names its class, budget name and fail_open"
+    ),
+    (
+        "test_bad_input",
+        "test_bad_clock_reading_raises_naming_the_clock_and_changes_nothing",
+    ): (_NO_CLOCK),
+    ("test_bad_input", "test_uncallable_clock_raises_type_error_naming_clock"): (
+        _NO_CLOCK
+    ),
+    ("test_async", "*"): (
+        "the sync Redis budget has no asyncio methods (a blocking round trip "
+        "would stall the loop); AsyncRedisBudgetWindows's waiting is tested in "
+        "test_redis_waiting.py"
+    ),
+}
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -97,9 +146,49 @@ def budget_factory_py() -> BudgetFactory:
     return BudgetFactory("py", load_engine("py"))
 
 
-@pytest.fixture(params=ENGINES)
+@pytest.fixture
+def budget_factory_redis(
+    request: pytest.FixtureRequest, redis_url: str
+) -> Iterator[BudgetFactory]:
+    """Build RedisBudgetWindows on the session's server, each under a new name.
+
+    A test's ``clock=`` becomes the ``now=`` of every call that omits it.
+    """
+    import redis
+
+    module = request.node.module.__name__.rsplit(".", 1)[-1]
+    name = getattr(request.node, "originalname", request.node.name)
+    reason = NOT_ON_REDIS.get((module, name)) or NOT_ON_REDIS.get((module, "*"))
+    if reason is not None:
+        pytest.skip(reason)
+    clients: list[redis.Redis] = []
+
+    def build(
+        windows: Iterable[Window],
+        clock: Callable[[], Any] | None = None,
+        **options: Any,
+    ) -> ClockedRedisBudget:
+        client = redis.Redis.from_url(redis_url)
+        clients.append(client)
+        return ClockedRedisBudget(
+            client, unique_name(), windows, clock=clock, **options
+        )
+
+    yield BudgetFactory("redis", build)
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(engine, marks=pytest.mark.redis)
+        if engine in SERVER_ENGINES
+        else engine
+        for engine in ENGINES
+    ]
+)
 def make_budget(request: pytest.FixtureRequest) -> BudgetFactory:
-    """A factory of budgets on each engine in turn (ids ``c``, ``py``, ...)."""
+    """A factory of budgets on each engine in turn (ids ``c``, ``py``, ``redis``)."""
     factory: BudgetFactory = request.getfixturevalue(f"budget_factory_{request.param}")
     return factory
 

@@ -20,15 +20,16 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from llm_budget_window import Window
-from llm_budget_window._types import usd_to_nanos
+from llm_budget_window import Breach, Reservation, Window, WindowSnapshot
+from llm_budget_window._types import Number, usd_to_nanos
 from llm_budget_window.redis import BudgetBackendError, RedisBudgetWindows
 
 IN_CI = bool(os.environ.get("CI"))
@@ -162,6 +163,59 @@ def no_retry_client(url: str) -> redis.Redis:
 def unique_name(prefix: str = "test") -> str:
     """Return a budget name no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class ClockedRedisBudget(RedisBudgetWindows):
+    """A RedisBudgetWindows that takes a test's ``clock=`` for a missing ``now=``.
+
+    For the behaviour suite, whose tests drive time with a clock: each call
+    without ``now`` passes the clock's reading as ``now``, so the server sees
+    exactly the times the in-process engines would. Without a clock, time is
+    the server's, as for any RedisBudgetWindows.
+    """
+
+    __slots__ = ("_clock",)
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        name: str,
+        windows: Iterable[Window],
+        *,
+        clock: Callable[[], Any] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(client, name, windows, **options)
+        self._clock = clock
+
+    def _at(self, now: Number | None) -> Number | None:
+        if now is None and self._clock is not None:
+            reading: Number = self._clock()
+            return reading
+        return now
+
+    def try_record(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> Breach | None:
+        return super().try_record(tokens, usd, now=self._at(now))
+
+    def check(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> Breach | None:
+        return super().check(tokens, usd, now=self._at(now))
+
+    def retry_after(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> float:
+        return super().retry_after(tokens, usd, now=self._at(now))
+
+    def snapshot(self, *, now: Number | None = None) -> list[WindowSnapshot]:
+        return super().snapshot(now=self._at(now))
+
+    def reserve(
+        self, tokens: int, usd: Number = 0, *, now: Number | None = None
+    ) -> Reservation:
+        return super().reserve(tokens, usd, now=self._at(now))
 
 
 # -- the concurrency test's worker: module level, so that spawn can import it

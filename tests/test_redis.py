@@ -38,13 +38,8 @@ from .redis_server import (
     RedisServer,
     hammer,
     no_retry_client,
-    private_redis_server,
-    redis_client,
-    redis_url,
     unique_name,
 )
-
-__all__ = ["private_redis_server", "redis_client", "redis_url"]
 
 pytestmark = pytest.mark.redis
 
