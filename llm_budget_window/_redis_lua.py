@@ -219,13 +219,13 @@ end
 
 -- The sequence number of the first record of window w after whose
 -- departure the excess eh/el is gone, walking the records one by one.
--- NOTE(linear walk): a settled or released record changes the amounts
--- between the stored prefix sums, so the bisection would be wrong for a
--- window holding one. This walk costs one read per record up to the one
--- that makes room (as the in-process engines always do) instead of a
--- logarithm of the records held; a window falls back to it only while it
--- holds a corrected record. A tree of corrections would avoid it, at the
--- price of many more writes per settle.
+-- LIMITATION: a settled or released record changes the amounts between
+-- the stored prefix sums, so the bisection would be wrong for a window
+-- holding one. This walk costs one read per record up to the one that
+-- makes room (as the in-process engines always do) instead of a logarithm
+-- of the records held; a window falls back to it only while it holds a
+-- corrected record. A tree of corrections would avoid it, at the price of
+-- many more writes per settle.
 local function walk(w, eh, el)
   local pt_h, pt_l, pn_h, pn_l = bt_h[w], bt_l[w], bn_h[w], bn_l[w]
   for seq = head[w], nxt - 1 do
