@@ -139,11 +139,16 @@ def parse_prices(spec: str) -> Prices:
 
 
 def _decimal_or_none(text: str) -> Decimal | None:
+    """Return a finite number, or None; sizes past 10**30 count as not numbers.
+
+    The bound keeps ``1e999999999`` from becoming an integer of a billion
+    digits; every cap and price the budget accepts is far smaller.
+    """
     try:
         number = Decimal(text)
     except InvalidOperation:
         return None
-    return number if number.is_finite() else None
+    return number if number.is_finite() and number.adjusted() <= 30 else None
 
 
 # ---------------------------------------------------------------------------

@@ -164,15 +164,22 @@ def _decimal(text: str) -> Decimal:
         number = Decimal(text)
     except InvalidOperation:
         raise ValueError(text) from None
-    if not number.is_finite():
-        raise ValueError(text)
+    return _bounded(number)
+
+
+def _bounded(number: Decimal) -> Decimal:
+    """Return a finite Decimal below 10**31 in size, or raise ValueError.
+
+    Every amount the budget accepts is far smaller; the bound keeps a cell
+    such as ``1e999999999`` from becoming an integer of a billion digits.
+    """
+    if not number.is_finite() or number.adjusted() > 30:
+        raise ValueError(number)
     return number
 
 
 def _seconds_to_ns(seconds: Decimal) -> int:
-    if not seconds.is_finite():
-        raise ValueError(seconds)
-    return round(Fraction(seconds) * NANOS_PER_UNIT)
+    return round(Fraction(_bounded(seconds)) * NANOS_PER_UNIT)
 
 
 def _parse_count(cell: object) -> int:
@@ -186,7 +193,7 @@ def _parse_count(cell: object) -> int:
         if number != number.to_integral_value():
             raise ValueError(cell)
         count = int(number)
-    elif isinstance(cell, Decimal) and cell.is_finite() and cell == int(cell):
+    elif isinstance(cell, Decimal) and _bounded(cell) == int(cell):
         count = int(cell)
     else:
         raise ValueError(cell)
@@ -200,10 +207,10 @@ def _parse_usd_nanos(cell: object) -> int:
     if isinstance(cell, str):
         number = _decimal(cell.strip())
     elif isinstance(cell, Decimal) or type(cell) is int:
-        number = Decimal(cell)
+        number = _bounded(Decimal(cell))
     else:
         raise ValueError(cell)
-    if not number.is_finite() or number < 0:
+    if number < 0:
         raise ValueError(cell)
     nanos = round(Fraction(number) * NANOS_PER_UNIT)
     if nanos >= _MAX_AMOUNT:
@@ -427,6 +434,11 @@ def _read_stream(
                 f"{where}: {plan.time} is not a timestamp (ISO 8601 or seconds): "
                 f"{stamp!r}"
             ) from None
+        if log.times_ns and abs(time_ns - log.times_ns[0]) >= _MAX_AMOUNT:
+            raise ReplayInputError(
+                f"{where}: {plan.time} {stamp!r} is more than 2**62 ns "
+                "(about 146 years) from the first call's"
+            )
 
         if plan.tokens is not None:
             tokens = _count(record, plan.tokens, where)
@@ -488,5 +500,6 @@ def _count(record: Mapping[str, object], name: str, where: str) -> int:
         return _parse_count(cell)
     except (ValueError, OverflowError):
         raise ReplayInputError(
-            f"{where}: {name} is not a whole number of tokens >= 0: {cell!r}"
+            f"{where}: {name} is not a token count "
+            f"(a whole number, 0 <= n < 2**62): {cell!r}"
         ) from None

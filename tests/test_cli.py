@@ -764,14 +764,30 @@ BAD_LOGS = [
     pytest.param(
         HEADER + "0,1,1\n1,ten,1\n",
         [],
-        "{log} line 3: input_tokens is not a whole number of tokens >= 0: 'ten'",
+        "{log} line 3: input_tokens is not a token count "
+        "(a whole number, 0 <= n < 2**62): 'ten'",
         id="non-numeric-tokens",
     ),
     pytest.param(
         HEADER + "0,1,1\n1,-4,1\n",
         [],
-        "{log} line 3: input_tokens is not a whole number of tokens >= 0: '-4'",
+        "{log} line 3: input_tokens is not a token count "
+        "(a whole number, 0 <= n < 2**62): '-4'",
         id="negative-tokens",
+    ),
+    pytest.param(
+        HEADER + "0,1,1\n1,4611686018427387904,0\n",
+        [],
+        "{log} line 3: input_tokens is not a token count "
+        "(a whole number, 0 <= n < 2**62): '4611686018427387904'",
+        id="too-many-tokens",
+    ),
+    pytest.param(
+        HEADER + "0,1,1\n4611686018.427387904,1,1\n",
+        [],
+        "{log} line 3: timestamp '4611686018.427387904' is more than 2**62 ns "
+        "(about 146 years) from the first call's",
+        id="timestamp-too-far",
     ),
     pytest.param(
         HEADER + "0,1,1\n\nlater,1,1\n",
