@@ -38,6 +38,10 @@ class CommandLineError(Exception):
     """A one-line error for stderr; the command then exits with status 2."""
 
 
+def _replay_error(message: str) -> CommandLineError:
+    return CommandLineError(f"{PROG} replay: error: {message}")
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and do not exit by themselves."""
 
@@ -154,9 +158,9 @@ def _load_engine(name: str) -> tuple[str, EngineFactory]:
         try:
             from ._budget_c import BudgetWindows as CBudgetWindows
         except ImportError:
-            raise CommandLineError(
-                f"{PROG} replay: error: argument --engine: the compiled core is not "
-                "built in this installation; use --engine py"
+            raise _replay_error(
+                "argument --engine: the compiled core is not built in this "
+                "installation; use --engine py"
             ) from None
         return "c", CBudgetWindows
     from . import IMPLEMENTATION, BudgetWindows
@@ -169,20 +173,20 @@ def _check_flags(args: argparse.Namespace) -> None:
     seen: set[str] = set()
     for window in args.window:
         if window.name in seen:
-            raise CommandLineError(
-                f"{PROG} replay: error: argument --window: {window.name!r} is given "
-                "twice; give all of a window's caps in one --window"
+            raise _replay_error(
+                f"argument --window: {window.name!r} is given twice; give all of "
+                "a window's caps in one --window"
             )
         seen.add(window.name)
     if args.tokens_column and (args.input_column or args.output_column):
-        raise CommandLineError(
-            f"{PROG} replay: error: argument --tokens-column: not allowed with "
-            "--input-column or --output-column"
+        raise _replay_error(
+            "argument --tokens-column: not allowed with --input-column or "
+            "--output-column"
         )
     if args.price and args.usd_column:
-        raise CommandLineError(
-            f"{PROG} replay: error: argument --usd-column: not allowed with "
-            "--price (both would set the USD of a call)"
+        raise _replay_error(
+            "argument --usd-column: not allowed with --price (both would set the "
+            "USD of a call)"
         )
 
 
@@ -205,16 +209,15 @@ def _run_replay(args: argparse.Namespace) -> int:
     if log.prices is None and log.usd_column is None:
         for window in args.window:
             if window.usd_cap is not None:
-                raise CommandLineError(
-                    f"{PROG} replay: error: argument --window: {window.name!r} caps "
-                    f"USD, but {log.path} has no usd column: give --price or "
-                    "--usd-column"
+                raise _replay_error(
+                    f"argument --window: {window.name!r} caps USD, but {log.path} "
+                    "has no usd column: give --price or --usd-column"
                 )
 
     try:
         report = replay(log, args.window, engine, keep_timeline=bool(args.plot))
     except OverflowError as exc:
-        raise CommandLineError(f"{PROG} replay: error: {log.path}: {exc}") from None
+        raise _replay_error(f"{log.path}: {exc}") from None
 
     if args.plot:
         plot_report(report, args.plot)
@@ -236,5 +239,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandLineError as exc:
         print(exc, file=sys.stderr)
     except (ReplayInputError, PlotError) as exc:
-        print(f"{PROG} replay: error: {exc}", file=sys.stderr)
+        print(_replay_error(str(exc)), file=sys.stderr)
     return 2

@@ -933,6 +933,21 @@ def test_unwritable_plot_is_one_line_naming_the_flag(
     )
 
 
+def test_engine_c_without_the_compiled_core_is_one_line_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "llm_budget_window._budget_c", None)
+    log = write(tmp_path, GOOD)
+
+    status = main(["replay", str(log), "--window", "1m", "--engine", "c"])
+
+    assert (status, capsys.readouterr().err) == (
+        2,
+        "llm-budget-window replay: error: argument --engine: the compiled core is "
+        "not built in this installation; use --engine py\n",
+    )
+
+
 def test_module_run_of_a_bad_flag_exits_2_with_one_line_and_no_traceback(
     tmp_path: Path,
 ) -> None:
