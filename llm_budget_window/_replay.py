@@ -18,19 +18,22 @@ from fractions import Fraction
 from typing import Any, Protocol
 
 from ._replay_input import NANOS_PER_UNIT, Prices, UsageLog
-from ._types import Axis, Breach, Number, Window, WindowSnapshot
+from ._types import AXES, Axis, Breach, Number, Window, WindowSnapshot
 
 __all__ = [
     "REPORT_FORMAT_VERSION",
     "AxisPeak",
+    "Budget",
     "ReplayReport",
     "SpecError",
+    "Timeline",
     "WindowReport",
     "parse_prices",
     "parse_window",
     "render_json",
     "render_text",
     "replay",
+    "report_dict",
 ]
 
 #: Bumped whenever a field of the JSON report changes meaning or goes away.
@@ -334,7 +337,7 @@ def replay(
     for i, window_report in enumerate(reports):
         peaks = (peak_tokens[i], peak_usd[i], peak_requests[i])
         for peak in window_report.peaks:
-            index = (Axis.TOKENS, Axis.USD, Axis.REQUESTS).index(peak.axis)
+            index = AXES.index(peak.axis)
             peak.peak = peaks[index]
             peak.reached_at = peak_at[i][index]
     return report
