@@ -282,10 +282,12 @@ class RedisBudgetWindows(_RedisBudgetBase):
     ``"{key_prefix}:{{name}}"``); ``windows`` as for ``BudgetWindows``.
     Amounts and times are validated here, before any round trip, exactly as
     in-process. When Redis fails, ``BudgetBackendError`` is raised (fail
-    closed); with ``fail_open=True``, ``record``, ``try_record`` and
-    ``check`` admit the call, ``retry_after`` answers 0.0, and a warning is
-    logged (``snapshot`` and ``reset`` still raise). Safe to call from many
-    threads, processes and hosts at once.
+    closed; a reservation whose settle or release raised stays open, and
+    retrying it is safe); with ``fail_open=True``, ``record``,
+    ``try_record``, ``check`` and ``reserve`` admit the call uncounted,
+    ``retry_after`` answers 0.0, a settle or release leaves Redis as it was,
+    and a warning is logged (``snapshot`` and ``reset`` still raise). Safe
+    to call from many threads, processes and hosts at once.
     """
 
     __slots__ = (

@@ -28,6 +28,7 @@ from llm_budget_window._budget_py import BudgetWindows as PyBudgetWindows
 from llm_budget_window._types import usd_to_nanos
 from llm_budget_window.redis import (
     AsyncRedisBudgetWindows,
+    AsyncRedisReservation,
     BudgetBackendError,
     BudgetConfigMismatch,
     RedisBudgetWindows,
@@ -55,18 +56,36 @@ class AsyncAsSync:
         self.budget = AsyncRedisBudgetWindows(self.client, name, windows, **options)
 
     def __getattr__(self, attribute: str) -> Any:
-        value = getattr(self.budget, attribute)
-        if not asyncio.iscoroutinefunction(value):
-            return value
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._loop.run_until_complete(value(*args, **kwargs))
-
-        return call
+        return _run_on(self._loop, getattr(self.budget, attribute))
 
     def close(self) -> None:
         self._loop.run_until_complete(self.client.aclose())
         self._loop.close()
+
+
+class _SyncReservation:
+    """An AsyncRedisReservation driven from sync code on its budget's loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, reservation: Any) -> None:
+        self._loop = loop
+        self._reservation = reservation
+
+    def __getattr__(self, attribute: str) -> Any:
+        return _run_on(self._loop, getattr(self._reservation, attribute))
+
+
+def _run_on(loop: asyncio.AbstractEventLoop, value: Any) -> Any:
+    """Return ``value``, or a sync function running it on ``loop`` if a coroutine."""
+    if not asyncio.iscoroutinefunction(value):
+        return value
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        result = loop.run_until_complete(value(*args, **kwargs))
+        if isinstance(result, AsyncRedisReservation):
+            return _SyncReservation(loop, result)
+        return result
+
+    return call
 
 
 Factory = Callable[..., Any]
