@@ -40,6 +40,11 @@ __all__ = [
 REPORT_FORMAT_VERSION = 1
 
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+#: Below 2**52 billionths, ``n / 1e9`` is within 2**-53 relative of the exact
+#: quotient, so less than half a billionth away: the budget's exact conversion
+#: of that float gives back ``n``.
+_FLOAT_EXACT_BILLIONTHS = 1 << 52
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)([A-Za-z]*)")
 _PRICE_NAMES = ("input", "output", "tokens")
 
@@ -294,12 +299,8 @@ def replay(
         # The budget counts a call at the latest time it has seen, and so does
         # the timeline.
         latest_ns = max(latest_ns, elapsed_ns)
-        # LIMITATION: exact Fractions take the compiled core's conversion in
-        # Python, not its C fast path for floats: about 11 us a call instead
-        # of 2. A float is exact here only for spans under 2**52 ns, so the
-        # replay does not bet on it. See docs/replay.md, Limitations.
-        now = Fraction(elapsed_ns, NANOS_PER_UNIT)
-        usd = Fraction(nanos, NANOS_PER_UNIT) if nanos else 0
+        now = _exact_units(elapsed_ns)
+        usd = _exact_units(nanos) if nanos else 0
         breach = budget.try_record(tokens, usd, now=now)
 
         if breach is not None:
@@ -463,6 +464,17 @@ def _share_text(axis: Axis, peak: int | float, cap: int | float | None) -> str:
     # Rounded down, so that a peak just under its cap never reads 100.00%.
     hundredths = math.floor(_exact(axis, peak) * 10_000 / _exact(axis, cap))
     return f"{hundredths // 100}.{hundredths % 100:02d}%"
+
+
+def _exact_units(billionths: int) -> float | Fraction:
+    """Return whole billionths (ns, nano-dollars) as units the budget reads exactly.
+
+    A float where it converts back exactly (the budget's fast path), else a
+    Fraction.
+    """
+    if -_FLOAT_EXACT_BILLIONTHS < billionths < _FLOAT_EXACT_BILLIONTHS:
+        return billionths / NANOS_PER_UNIT
+    return Fraction(billionths, NANOS_PER_UNIT)
 
 
 def _exact(axis: Axis, amount: int | float) -> Fraction:

@@ -974,3 +974,26 @@ def test_module_run_of_a_bad_flag_exits_2_with_one_line_and_no_traceback(
         "llm-budget-window replay: error: argument --window: '1x': unknown unit 'x' "
         "in '1x' (use s, m, h or d)\n",
     )
+
+
+@pytest.mark.parametrize(
+    "billionths", [0, 1, 999_999_999, 10**9, 3_435_948_056_000, (1 << 52) - 1]
+)
+def test_replay_passes_times_and_usd_below_2_52_billionths_as_exact_floats(
+    billionths: int,
+) -> None:
+    from llm_budget_window._replay import _exact_units
+    from llm_budget_window._types import to_nanos
+
+    value = _exact_units(billionths)
+    assert type(value) is float
+    assert to_nanos(value, "now") == billionths
+
+
+def test_replay_passes_times_from_2_52_billionths_on_as_fractions() -> None:
+    from fractions import Fraction
+
+    from llm_budget_window._replay import _exact_units
+
+    assert _exact_units(1 << 52) == Fraction(1 << 52, 10**9)
+    assert type(_exact_units(1 << 52)) is Fraction
