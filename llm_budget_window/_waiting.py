@@ -1,10 +1,12 @@
 """Waiting for room: block a thread, or suspend a task, until a request fits.
 
 One implementation serves every engine; it only calls the engine's public
-``check``, ``try_record`` and ``reserve``. Waiters on one budget form one
-first-in, first-out queue shared by threads and asyncio tasks: only the
-waiter at the head tries to commit, so a later small request never overtakes
-an earlier large one. Nothing here holds an engine's mutex while waiting.
+``check``, ``try_record`` and ``reserve`` (or, through ``wait_for_room``,
+awaitable forms of them, for a backend whose calls are I/O). Waiters on one
+budget form one first-in, first-out queue shared by threads and asyncio
+tasks: only the waiter at the head tries to commit, so a later small request
+never overtakes an earlier large one. Nothing here holds an engine's mutex
+while waiting.
 
 Calls that do not wait (``record``, ``try_record``, ``reserve``) are not
 queued: they take whatever room there is, as they always do.
