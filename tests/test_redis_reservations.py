@@ -447,3 +447,61 @@ def test_normal_exit_from_async_with_keeps_the_estimate(redis_url: str) -> None:
         return reservation.state, await _async_usage(budget)
 
     assert _run_async(redis_url, scenario) == ("open", [(100, 1)])
+
+
+def _refusal_reads(budget: RedisBudgetWindows, now: Decimal) -> Counter[str]:
+    client = budget.client
+    before = _command_counts(client)
+    assert budget.try_record(5, now=now) is not None
+    return _command_counts(client) - before
+
+
+def test_refusal_bisects_while_the_window_holds_no_corrected_record(
+    redis_client: redis.Redis,
+) -> None:
+    budget = RedisBudgetWindows(
+        redis_client, unique_name(), [Window("long", 10**6, token_cap=3 * 4_096)]
+    )
+    for i in range(4_096):
+        budget.record(3, now=Decimal(i) / 100)
+
+    reads = _refusal_reads(budget, Decimal(4_096) / 100)
+
+    # One read to find nothing to evict, then log2(4,096) + 1 probes.
+    assert (reads["hget"], reads["hmget"]) == (1 + 12 + 1, 1)
+
+
+def test_refusal_walks_from_the_oldest_record_while_the_window_holds_a_correction(
+    redis_client: redis.Redis,
+) -> None:
+    budget = RedisBudgetWindows(
+        redis_client, unique_name(), [Window("long", 10**6, token_cap=3 * 4_096)]
+    )
+    budget.reserve(3, now=0).settle(2)
+    for i in range(1, 4_096):
+        budget.record(3, now=Decimal(i) / 100)
+    budget.record(1, now=Decimal(4_096) / 100)
+
+    reads = _refusal_reads(budget, Decimal(4_096) / 100)
+
+    # 12,288 used; 5 more needs the records of t=0 (2 tokens) and t=0.01
+    # (3 tokens) to leave: the walk reads those two and stops.
+    assert (reads["hget"], reads["hmget"]) == (1, 1 + 1 + 2)
+
+
+def test_window_bisects_again_once_its_corrected_records_have_aged_out(
+    redis_client: redis.Redis,
+) -> None:
+    budget = RedisBudgetWindows(
+        redis_client, unique_name(), [Window("w", 100, token_cap=3 * 1_024)]
+    )
+    budget.reserve(3, now=0).settle(2)
+    budget.reserve(3, now=0).release()
+    for i in range(1_024):
+        budget.record(3, now=100 + Decimal(i) / 100)
+
+    reads = _refusal_reads(budget, Decimal(111))
+
+    # Both corrected records left at t=100; the window holds 1,024 plain
+    # records: one read to find nothing to evict, then log2(1,024) + 1.
+    assert (reads["hget"], reads["hmget"]) == (1 + 10 + 1, 1)
