@@ -28,7 +28,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from llm_budget_window import Breach, Reservation, Window, WindowSnapshot
+from llm_budget_window import (
+    Breach,
+    Reservation,
+    Window,
+    WindowBreached,
+    WindowSnapshot,
+)
 from llm_budget_window._types import Number, usd_to_nanos
 from llm_budget_window.redis import BudgetBackendError, RedisBudgetWindows
 
@@ -265,3 +271,56 @@ def hammer(
     if errors:
         raise errors[0]
     return admitted
+
+
+def reserve_hammer(
+    url: str,
+    name: str,
+    windows: list[Window],
+    threads: int,
+    calls: int,
+    seed: int,
+) -> list[tuple[int, int]]:
+    """Reserve, then settle or release, from several threads; return what stayed.
+
+    Each reservation that was admitted and settled is returned as (tokens,
+    nano-dollars) settled; released ones and refusals are not returned.
+    """
+    client = redis.Redis.from_url(url)
+    budget = RedisBudgetWindows(client, name, windows)
+    kept: list[tuple[int, int]] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def run(thread_seed: int) -> None:
+        rng = random.Random(thread_seed)
+        mine = []
+        try:
+            for _ in range(calls):
+                try:
+                    reservation = budget.reserve(rng.randint(50, 200), "0.0002")
+                except WindowBreached:
+                    continue
+                if rng.random() < 0.3:
+                    reservation.release()
+                    continue
+                tokens = rng.randint(0, 300)
+                usd = tokens * rng.uniform(1e-7, 3e-6)
+                reservation.settle(tokens, usd)
+                mine.append((tokens, usd_to_nanos(usd)))
+        except BudgetBackendError as error:
+            errors.append(error)
+        with lock:
+            kept.extend(mine)
+
+    workers = [
+        threading.Thread(target=run, args=(seed * 1000 + i,)) for i in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    client.close()
+    if errors:
+        raise errors[0]
+    return kept

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from llm_budget_window.redis import (
     read_records,
 )
 
-from .redis_server import RedisServer, no_retry_client, unique_name
+from .redis_server import RedisServer, no_retry_client, reserve_hammer, unique_name
 from .test_redis import NS, make_budget, random_windows
 
 pytestmark = pytest.mark.redis
@@ -505,3 +506,37 @@ def test_window_bisects_again_once_its_corrected_records_have_aged_out(
     # Both corrected records left at t=100; the window holds 1,024 plain
     # records: one read to find nothing to evict, then log2(1,024) + 1.
     assert (reads["hget"], reads["hmget"]) == (1 + 10 + 1, 1)
+
+
+# -- many processes --------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_four_processes_reserving_settling_and_releasing_leave_exactly_what_was_settled(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    windows = [
+        Window("burst", Decimal("0.05"), request_cap=10),
+        Window("hour", 3_600, token_cap=10**9),
+    ]
+    name = unique_name("reserve-hammer")
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        results = pool.starmap(
+            reserve_hammer,
+            [(redis_url, name, windows, 4, 150, seed) for seed in range(4)],
+        )
+    kept = [call for result in results for call in result]
+    budget = RedisBudgetWindows(redis_client, name, windows)
+    hour = budget.snapshot()[1]
+
+    assert (hour.tokens_used, hour.usd_used, hour.requests_used) == (
+        sum(tokens for tokens, _ in kept),
+        sum(nanos for _, nanos in kept) / 10**9,
+        len(kept),
+    )
+    assert Counter(
+        (tokens, nanos) for _, tokens, nanos in read_records(redis_client, budget.key)
+    ) == Counter(kept)
+    # The burst cap refused some reservations, or the test would prove little.
+    assert len(kept) < 4 * 4 * 150 * 0.7
