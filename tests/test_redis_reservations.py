@@ -540,3 +540,25 @@ def test_four_processes_reserving_settling_and_releasing_leave_exactly_what_was_
     ) == Counter(kept)
     # The burst cap refused some reservations, or the test would prove little.
     assert len(kept) < 4 * 4 * 150 * 0.7
+
+
+def test_async_settle_fails_closed_while_the_server_is_down_and_stays_open(
+    private_redis_server: RedisServer,
+) -> None:
+    async def main() -> tuple[object, str]:
+        client = redis.asyncio.Redis.from_url(
+            private_redis_server.url, retry=None, socket_connect_timeout=1
+        )
+        budget = AsyncRedisBudgetWindows(client, unique_name(), [Window("w", 60)])
+        reservation = await budget.reserve(100, now=0)
+        private_redis_server.kill()
+        try:
+            with pytest.raises(BudgetBackendError) as raised:
+                await reservation.settle(30)
+        finally:
+            await client.aclose()
+        return raised.value.__cause__, reservation.state
+
+    cause, state = asyncio.run(main())
+    assert isinstance(cause, redis.ConnectionError)
+    assert state == "open"
