@@ -16,9 +16,11 @@ prints, as Markdown tables:
 - the replay command's speed, parsing and budget loop apart.
 
 Times are medians of repeats that interleave every contender in a shuffled
-order, so that the load of a shared machine falls on all of them alike; the
-cost of the benchmark loop itself is measured in the same repeat and
-subtracted. A peer that is not installed is reported as skipped.
+order, so that the load of a shared machine falls on all of them alike. They
+are CPU time of the timing thread (the thread section excepted, which is
+about wall-clock time), so time the scheduler gives other processes is not
+counted. The cost of the benchmark loop itself is measured in the same
+batches and subtracted. A peer that is not installed is reported as skipped.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ except ImportError:
 
 perf_counter_ns = time.perf_counter_ns
 
+#: The clock of every single-threaded timing: CPU time of the calling thread,
+#: so that time the scheduler gives other processes of a shared machine is
+#: not counted (their effect on the caches still is).
+cpu_ns = time.thread_time_ns
+
 #: Bytes of one record in the core's ring: timestamp, tokens, nano-dollars.
 RECORD_BYTES = 24
 
@@ -67,36 +74,36 @@ Pair = tuple[int, float]
 
 def time_loop(work: Sequence[Pair]) -> int:
     """Return ns for the bare loop that every batch runs around its calls."""
-    start = perf_counter_ns()
+    start = cpu_ns()
     for tokens, usd in work:  # noqa: B007 (the loop alone is the measurement)
         pass
-    return perf_counter_ns() - start
+    return cpu_ns() - start
 
 
 def time_calls(method: Callable[..., Any], work: Sequence[Pair]) -> int:
     """Return ns for ``method(tokens, usd)`` over every pair of ``work``."""
-    start = perf_counter_ns()
+    start = cpu_ns()
     for tokens, usd in work:
         method(tokens, usd)
-    return perf_counter_ns() - start
+    return cpu_ns() - start
 
 
 def time_loop_now(work: Sequence[tuple[Pair, float]]) -> int:
     """Return ns for the bare loop of the calls that pass ``now``."""
-    start = perf_counter_ns()
+    start = cpu_ns()
     for (tokens, usd), at in work:  # noqa: B007 (the loop alone is the measurement)
         pass
-    return perf_counter_ns() - start
+    return cpu_ns() - start
 
 
 def time_calls_now(
     method: Callable[..., Any], work: Sequence[tuple[Pair, float]]
 ) -> int:
     """Return ns for ``method(tokens, usd, now=at)`` over ``work``."""
-    start = perf_counter_ns()
+    start = cpu_ns()
     for (tokens, usd), at in work:
         method(tokens, usd, now=at)
-    return perf_counter_ns() - start
+    return cpu_ns() - start
 
 
 def cycle(pairs: list[Pair], n: int) -> list[Pair]:
@@ -122,16 +129,26 @@ class Contender:
 
 
 def interleave(contenders: list[Contender], calls: int, repeats: int) -> None:
-    """Fill every contender's ``samples`` with net ns per call, interleaved."""
+    """Fill every contender's ``samples`` with net ns per call, interleaved.
+
+    The loop's cost subtracted is the median over all of a contender's
+    batches, so that one preempted loop timing cannot make a sample negative.
+    """
     active = [c for c in contenders if c.batch is not None]
+    elapsed: dict[str, list[int]] = {c.name: [] for c in active}
+    loops: dict[str, list[int]] = {c.name: [] for c in active}
     rng = random.Random(7)
     for _ in range(repeats):
         rng.shuffle(active)
         for contender in active:
             assert contender.batch is not None
             gc.collect()
-            elapsed, loop = contender.batch(calls)
-            contender.samples.append((elapsed - loop) / calls)
+            batch_ns, loop_ns = contender.batch(calls)
+            elapsed[contender.name].append(batch_ns)
+            loops[contender.name].append(loop_ns)
+    for contender in active:
+        loop = statistics.median(loops[contender.name])
+        contender.samples = [(e - loop) / calls for e in elapsed[contender.name]]
 
 
 def fresh_batch(
@@ -870,9 +887,9 @@ def section_replay(args: argparse.Namespace) -> None:
         rng.shuffle(jobs)
         for engine, name, run in jobs:
             gc.collect()
-            start = perf_counter_ns()
+            start = cpu_ns()
             run()
-            samples.setdefault((engine, name), []).append(perf_counter_ns() - start)
+            samples.setdefault((engine, name), []).append(cpu_ns() - start)
 
     rows = []
     for engine in engines:
@@ -943,42 +960,99 @@ def header(floor_module: Any) -> None:
     )
 
 
+def quartiles(samples: Sequence[float]) -> tuple[float, float]:
+    """Return the 25th and 75th percentiles of ``samples``."""
+    if len(samples) < 2:
+        return samples[0], samples[0]
+    q1, _, q3 = statistics.quantiles(samples, n=4)
+    return q1, q3
+
+
 def plot(path: Path, speed: dict[str, Any]) -> None:
-    """Write a PNG of ns per call per implementation (log scale)."""
+    """Write a PNG of ns per call per implementation (log scale).
+
+    Bars are medians, whiskers span the 25th to 75th percentile; skipped rows
+    keep their place, with the reason written in.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(k, [c for c in speed[k] if c.samples]) for k in ("steady", "evicting")]
+    colours = {"floor": "#9a9a9a", "ours": "#3b6ea5", "peer": "#d08a2e"}
+
+    def kind(name: str) -> str:
+        if name.startswith("floor"):
+            return "floor"
+        if name.startswith(("compiled", "pure-Python", "llm-budget-window")):
+            return "ours"
+        return "peer"
+
+    panels = [("steady", speed["steady"]), ("evicting", speed["evicting"])]
     figure, axes = plt.subplots(
-        2, 1, figsize=(9, 7), gridspec_kw={"height_ratios": [len(p[1]) for p in panels]}
+        2,
+        1,
+        figsize=(10, 8),
+        gridspec_kw={"height_ratios": [len(p[1]) for p in panels]},
     )
     titles = {
-        "steady": "record, 3 windows (60 s, 1 h, 1 d)",
-        "evicting": "record, evicting (0.05 s, 0.5 s, 5 s)",
+        "steady": "record, 3 windows (60 s, 1 h, 1 d), nothing rejected",
+        "evicting": "record, evicting every call (0.05 s, 0.5 s, 5 s)",
     }
+    measured = [c for _, cs in panels for c in cs if c.samples]
+    floors = {
+        key: statistics.median(cs[0].samples) if cs[0].samples else None
+        for key, cs in panels
+    }
+    low = min(statistics.median(c.samples) for c in measured) / 2
+    high = max(quartiles(c.samples)[1] for c in measured) * 12
     for axis, (key, contenders) in zip(axes, panels, strict=True):
-        names = [c.name for c in contenders][::-1]
-        medians = [statistics.median(c.samples) for c in contenders][::-1]
-        lows = [
-            m - min(c.samples) for m, c in zip(medians, contenders[::-1], strict=True)
-        ]
-        highs = [
-            max(c.samples) - m for m, c in zip(medians, contenders[::-1], strict=True)
-        ]
-        axis.barh(
-            names,
-            medians,
-            xerr=[lows, highs],
-            color="#4878a8",
-            error_kw={"ecolor": "#555555", "capsize": 3},
-        )
+        rows = contenders[::-1]
+        for y, contender in enumerate(rows):
+            if not contender.samples:
+                axis.text(
+                    low * 1.15,
+                    y,
+                    "skipped: " + contender.skipped,
+                    va="center",
+                    fontsize=7,
+                    color="#777777",
+                )
+                continue
+            median = statistics.median(contender.samples)
+            q1, q3 = quartiles(contender.samples)
+            axis.barh(
+                y,
+                median,
+                color=colours[kind(contender.name)],
+                xerr=[[max(median - q1, 0)], [max(q3 - median, 0)]],
+                error_kw={"ecolor": "#333333", "capsize": 2, "lw": 0.8},
+            )
+            label = f"{median:,.0f} ns"
+            floor_ns = floors[key]
+            if floor_ns and contender is not contenders[0]:
+                label += f"  ({median / floor_ns:,.1f}x floor)"
+            axis.text(max(median, q3) * 1.15, y, label, va="center", fontsize=8)
+        axis.set_yticks(range(len(rows)), [c.name for c in rows], fontsize=8)
         axis.set_xscale("log")
+        axis.set_xlim(low, high)
         axis.set_title(titles[key], fontsize=10)
-        axis.set_xlabel("ns per call (median; bars span min to max)")
-        for y, value in enumerate(medians):
-            axis.text(value * 1.1, y, f"{value:,.0f}", va="center", fontsize=8)
+        axis.grid(axis="x", which="major", color="#dddddd", lw=0.6)
+        axis.set_axisbelow(True)
+    axes[-1].set_xlabel(
+        "ns per call, log scale (bar: median of interleaved repeats; "
+        "whisker: 25th to 75th percentile)",
+        fontsize=8,
+    )
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color=colours[k]) for k in ("floor", "ours", "peer")
+    ]
+    axes[0].legend(
+        handles,
+        ["floor", "llm-budget-window", "peer library"],
+        fontsize=8,
+        loc="lower right",
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     print(f"\nplot written to {path}")
@@ -1055,7 +1129,13 @@ def main(argv: list[str] | None = None) -> None:
         args.replay_repeats = 1
     sections = set(args.sections.split(","))
 
-    floor_module = build_floor()
+    try:
+        floor_module = build_floor()
+    except ImportError as error:
+        raise SystemExit(
+            f"compare.py: the floor is compiled with Cython and setuptools, which "
+            f'are missing ({error}): pip install -e ".[bench]"'
+        ) from None
     header(floor_module)
     speed = None
     if "speed" in sections:
