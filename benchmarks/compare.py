@@ -579,13 +579,14 @@ def percentile(sorted_values: Sequence[int], fraction: float) -> int:
 
 def run_threads(
     budget: Any, threads: int, calls: int, pairs: list[Pair], timed: bool
-) -> tuple[float, list[int]]:
+) -> tuple[float, float, list[int]]:
     """Hammer ``budget.try_record`` from ``threads`` threads at once.
 
     The ``calls`` are shared out evenly, so that every thread count does the
     same work and leaves the ring the same size. Returns (wall-clock seconds
-    from the common start to the last finish, the latency of every call in ns
-    if ``timed``, else an empty list).
+    from the common start to the last finish, CPU seconds of the process over
+    the same span, the latency of every call in ns if ``timed``, else an empty
+    list).
     """
     barrier = threading.Barrier(threads + 1)
     latencies: list[list[int]] = [[] for _ in range(threads)]
@@ -610,10 +611,12 @@ def run_threads(
         worker.start()
     barrier.wait()
     start = perf_counter_ns()
+    start_cpu = time.process_time_ns()
     for worker in workers:
         worker.join()
+    cpu = (time.process_time_ns() - start_cpu) / 1e9
     wall = (perf_counter_ns() - start) / 1e9
-    return wall, sorted(x for slot in latencies for x in slot)
+    return wall, cpu, sorted(x for slot in latencies for x in slot)
 
 
 def timer_overhead_ns() -> int:
@@ -655,6 +658,7 @@ def section_threads(args: argparse.Namespace) -> dict[str, Any]:
     )
     thread_counts = [1, 2, 8]
     throughput: dict[tuple[str, int], list[float]] = {}
+    per_cpu: dict[tuple[str, int], list[float]] = {}
     latency: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
     jobs = [
         (name, make, calls, n)
@@ -667,10 +671,11 @@ def section_threads(args: argparse.Namespace) -> dict[str, Any]:
         rng.shuffle(jobs)
         for name, make, calls, n in jobs:
             gc.collect()
-            wall, _ = run_threads(make(), n, calls, pairs, timed=False)
+            wall, cpu, _ = run_threads(make(), n, calls, pairs, timed=False)
             throughput.setdefault((name, n), []).append(calls // n * n / wall)
+            per_cpu.setdefault((name, n), []).append(calls // n * n / cpu)
             gc.collect()
-            _, lat = run_threads(make(), n, calls, pairs, timed=True)
+            _, _, lat = run_threads(make(), n, calls, pairs, timed=True)
             latency.setdefault((name, n), []).append(
                 (percentile(lat, 0.5), percentile(lat, 0.99), percentile(lat, 0.999))
             )
@@ -682,15 +687,16 @@ def section_threads(args: argparse.Namespace) -> dict[str, Any]:
         f"{args.thread_repeats} interleaved repeats\n"
     )
     rows = []
-    single: dict[str, float] = {}
+    single: dict[str, tuple[float, float]] = {}
     for name, make, _ in configs:
         if make is None:
-            rows.append([name, "skipped: not built", "", "", "", "", ""])
+            rows.append([name, "skipped: not built", "", "", "", "", "", "", ""])
             continue
         for n in thread_counts:
             rate = statistics.median(throughput[(name, n)])
+            cpu_rate = statistics.median(per_cpu[(name, n)])
             if n == 1:
-                single[name] = rate
+                single[name] = (rate, cpu_rate)
             p50, p99, p999 = (
                 int(statistics.median(x[k] for x in latency[(name, n)]))
                 for k in range(3)
@@ -700,7 +706,9 @@ def section_threads(args: argparse.Namespace) -> dict[str, Any]:
                     name,
                     str(n),
                     f"{rate:,.0f}",
-                    f"{rate / single[name]:.2f}",
+                    f"{rate / single[name][0]:.2f}",
+                    f"{cpu_rate:,.0f}",
+                    f"{cpu_rate / single[name][1]:.2f}",
                     f"{p50:,}",
                     f"{p99:,}",
                     f"{p999:,}",
@@ -713,6 +721,8 @@ def section_threads(args: argparse.Namespace) -> dict[str, Any]:
                 "threads",
                 "calls/s",
                 "x 1 thread",
+                "calls/CPU-s",
+                "x 1 thread (CPU)",
                 "p50 ns",
                 "p99 ns",
                 "p99.9 ns",
@@ -721,7 +731,9 @@ def section_threads(args: argparse.Namespace) -> dict[str, Any]:
         )
     )
     print(
-        f"\nLatencies include one timer read pair: {overhead} ns here "
+        f"\ncalls/s is wall-clock; calls/CPU-s divides by the CPU time the "
+        f"process used, which time taken by other processes does not inflate. "
+        f"Latencies include one timer read pair: {overhead} ns here "
         f"(two back-to-back perf_counter_ns calls). "
         f"sys.getswitchinterval() = {sys.getswitchinterval() * 1e3:g} ms."
     )
@@ -1070,8 +1082,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=31,
-        help="interleaved repeats of every batch (default 31)",
+        default=41,
+        help="interleaved repeats of every batch (default 41)",
     )
     parser.add_argument(
         "--thread-calls",
@@ -1083,8 +1095,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--thread-repeats",
         type=int,
-        default=7,
-        help="interleaved repeats of every thread run (default 7)",
+        default=11,
+        help="interleaved repeats of every thread run (default 11)",
     )
     parser.add_argument(
         "--replay-repeats",
