@@ -88,19 +88,43 @@ def _exact(value: object, name: str) -> Fraction | int:
             number = Decimal(value.strip())
         except InvalidOperation:
             raise ValueError(f"{name} must be a number, got {value!r}") from None
-        if not number.is_finite():
-            raise ValueError(f"{name} must be finite, got {value!r}")
-        return Fraction(number)
+        return _exact_decimal(number, value, name)
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"{name} must be finite, got {value!r}")
-        return Fraction(value)
+        return _exact_decimal(value, value, name)
     if isinstance(value, Fraction):
         return value
     raise TypeError(
         f"{name} must be an int, float, Decimal or numeric str, "
         f"not {type(value).__name__}: {value!r}"
     )
+
+
+#: Decimal exponents past which a value is surely out of range or surely
+#: rounds to zero billionths (every accepted value is below 2**62 billionths,
+#: about 4.6e9 units).
+_LARGEST_ADJUSTED = 20
+_SMALLEST_ADJUSTED = -20
+
+
+def _exact_decimal(number: Decimal, value: object, name: str) -> Fraction | int:
+    """Return a finite Decimal's exact value, or a stand-in of the same fate.
+
+    The exponent is bounded first: ``Fraction(Decimal("1e999999999"))`` would
+    build a number of a billion digits and hold the GIL for minutes. A value
+    too large for the accounting becomes one that fails the same range check;
+    a value too small to reach half a billionth becomes one that rounds to
+    zero with the same sign.
+    """
+    if not number.is_finite():
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if not number:
+        return 0
+    adjusted = number.adjusted()
+    if adjusted > _LARGEST_ADJUSTED:
+        return -(10**_LARGEST_ADJUSTED) if number.is_signed() else 10**_LARGEST_ADJUSTED
+    if adjusted < _SMALLEST_ADJUSTED:
+        return Fraction(-1 if number.is_signed() else 1, 10**-_SMALLEST_ADJUSTED)
+    return Fraction(number)
 
 
 def to_nanos(value: object, name: str, *, signed: bool = False) -> int:

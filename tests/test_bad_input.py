@@ -55,6 +55,11 @@ BAD_USD = [
     pytest.param(2**64, ValueError, id="huge-int"),
     pytest.param(5e9, ValueError, id="too-large-float"),
     pytest.param(Decimal("4611686018.427387904"), ValueError, id="2**62-nanos"),
+    # Short strings with huge exponents are refused without building the
+    # huge number they name.
+    pytest.param("1e999999999", ValueError, id="str-huge-exponent"),
+    pytest.param(Decimal("1e999999999"), ValueError, id="decimal-huge-exponent"),
+    pytest.param("-1e-999999999", ValueError, id="str-tiny-negative-exponent"),
     pytest.param(True, TypeError, id="bool"),
     pytest.param(None, TypeError, id="none"),
     pytest.param([], TypeError, id="list"),
@@ -70,6 +75,8 @@ BAD_NOW = [
     pytest.param(4_611_686_019, ValueError, id="too-late"),
     pytest.param(-4_611_686_019, ValueError, id="too-early"),
     pytest.param(1e300, ValueError, id="huge-float"),
+    pytest.param("1e999999999", ValueError, id="str-huge-exponent"),
+    pytest.param("-1e999999999", ValueError, id="str-huge-negative-exponent"),
     pytest.param(True, TypeError, id="bool"),
     pytest.param([], TypeError, id="list"),
     pytest.param(datetime.datetime(2024, 1, 1), TypeError, id="datetime"),
@@ -330,6 +337,11 @@ def test_bad_count_cap_raises_naming_the_cap(
         pytest.param(Decimal("NaN"), ValueError, id="decimal-nan"),
         pytest.param("a dollar", ValueError, id="str-not-a-number"),
         pytest.param(Decimal("4611686018.427387904"), ValueError, id="2**62-nanos"),
+    # Short strings with huge exponents are refused without building the
+    # huge number they name.
+    pytest.param("1e999999999", ValueError, id="str-huge-exponent"),
+    pytest.param(Decimal("1e999999999"), ValueError, id="decimal-huge-exponent"),
+    pytest.param("-1e-999999999", ValueError, id="str-tiny-negative-exponent"),
         pytest.param(True, TypeError, id="bool"),
         pytest.param([1], TypeError, id="list"),
     ],

@@ -203,6 +203,20 @@ def test_negative_zero_usd_counts_as_zero(make_budget: BudgetFactory) -> None:
     assert snap.requests_used == 2
 
 
+def test_usd_with_a_hugely_negative_exponent_rounds_to_zero(
+    make_budget: BudgetFactory,
+) -> None:
+    budget = make_budget([Window("w", 60, usd_cap=0)])
+
+    assert budget.try_record(0, usd="1e-999999999", now=0) is None
+    assert budget.try_record(0, usd=Decimal("4e-21"), now=0) is None
+    assert budget.try_record(0, usd=Decimal("5e-10"), now=0) is None
+
+    [snap] = budget.snapshot(now=0)
+    assert snap.usd_used == 0.0
+    assert snap.requests_used == 3
+
+
 def test_largest_usd_amount_is_accepted(make_budget: BudgetFactory) -> None:
     budget = make_budget([Window("w", 60)])
 
