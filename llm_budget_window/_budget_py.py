@@ -20,12 +20,12 @@ from ._types import (
     WindowSnapshot,
     make_breach,
     make_snapshot,
-    ns_to_seconds,
     overflow_error,
     resolve_now,
     to_tokens,
     usd_to_nanos,
     validate_windows,
+    wait_to_seconds,
 )
 from ._waiting import AsyncReservation, WaitQueue, arecord, record_wait, reserve_wait
 
@@ -264,7 +264,7 @@ class BudgetWindows:
         with self._lock:
             at = self._advance(at)
             wait = self._wait_ns(tokens, nanos, at)
-        return math.inf if wait < 0 else ns_to_seconds(wait)
+        return math.inf if wait < 0 else wait_to_seconds(wait)
 
     def snapshot(self, *, now: Number | None = None) -> list[WindowSnapshot]:
         """Return each window's use, in declaration order."""

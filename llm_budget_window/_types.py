@@ -180,6 +180,23 @@ def nanos_to_usd(nanos: int) -> float:
     return nanos / NANOS_PER_UNIT
 
 
+#: Below 2**52 ns a quotient ``ns / 1e9`` converts back to exactly ``ns``.
+_FLOAT_EXACT_NS = 1 << 52
+
+
+def wait_to_seconds(ns: int) -> float:
+    """Return a wait of ``ns`` nanoseconds as float seconds, never short of it.
+
+    The smallest float whose exact value is at least ``ns`` ns once rounded
+    to a whole nanosecond, so that a call made ``retry_after`` seconds later
+    fits. Below 2**52 ns (about 52 days) that is the nearest float.
+    """
+    seconds = ns / NANOS_PER_UNIT
+    if ns >= _FLOAT_EXACT_NS and round(Fraction(seconds) * NANOS_PER_UNIT) < ns:
+        seconds = math.nextafter(seconds, _INFINITY)
+    return seconds
+
+
 def ns_to_seconds(ns: int | float) -> float:
     """Return nanoseconds as float seconds; ``inf`` stays ``inf``."""
     return ns / NANOS_PER_UNIT
@@ -454,7 +471,7 @@ def make_breach(
     wait in nanoseconds, or -1 for never.
     """
     axis = AXES[axis_index]
-    retry = _INFINITY if retry_after_ns < 0 else retry_after_ns / NANOS_PER_UNIT
+    retry = _INFINITY if retry_after_ns < 0 else wait_to_seconds(retry_after_ns)
     if axis is Axis.USD:
         cap_nanos = window._usd_cap_nanos
         assert cap_nanos is not None

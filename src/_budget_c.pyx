@@ -12,7 +12,8 @@ from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.time cimport monotonic_ns
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy
 
 from _ring cimport (
     GIL_SERIALIZES,
@@ -81,6 +82,37 @@ cdef void ring_clear(Ring *ring) noexcept nogil:
         ring.windows[i].sum[2] = 0
     ring.latest = INT64_MIN
     ring_resize(ring, MIN_CAPACITY)
+
+
+cdef int ring_grow(Ring *ring) noexcept nogil:
+    """Double the capacity of a full ring, in place where the allocator can.
+
+    Record ``seq`` lives at ``seq & mask``. After doubling, the records whose
+    sequence number has the old capacity's bit set belong in the new upper
+    half; they are one contiguous run, the only part copied. The rest stays
+    where it is, so growing a ring that has never evicted copies nothing
+    beyond what ``realloc`` itself moves.
+    """
+    cdef uint64_t capacity = ring.mask + 1
+    cdef uint64_t tail = ring.windows[ring.longest].head
+    cdef uint64_t first, count
+    cdef Record *records = <Record *> realloc(
+        ring.records, 2 * capacity * sizeof(Record)
+    )
+    if records == NULL:
+        return -1
+    if tail & capacity:
+        first = tail
+        count = capacity - (tail & ring.mask)
+    else:
+        first = (tail | ring.mask) + 1
+        count = ring.next - first
+    if count:
+        memcpy(&records[(first & ring.mask) + capacity],
+               &records[first & ring.mask], count * sizeof(Record))
+    ring.records = records
+    ring.mask = 2 * capacity - 1
+    return 0
 
 
 cdef int ring_resize(Ring *ring, uint64_t capacity) noexcept nogil:
@@ -211,7 +243,7 @@ cdef inline int ring_commit(Ring *ring, int64_t tokens, int64_t nanos,
     cdef Record *record
     cdef uint64_t capacity = ring.mask + 1
     if ring.next - ring.windows[ring.longest].head == capacity:
-        if ring_resize(ring, capacity * 2) != 0:
+        if ring_grow(ring) != 0:
             return -1
     record = &ring.records[ring.next & ring.mask]
     record.ts = now

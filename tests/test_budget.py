@@ -549,6 +549,35 @@ def test_retry_after_is_fractional_seconds_to_the_nanosecond(
     assert budget.retry_after(1, now=Decimal("100.000000123")) == 0.249999877
 
 
+# 200 days and 1 ns: the nearest float, 17280000.0 s, is 1 ns short.
+LONG_WAIT_NS = 17_280_000_000_000_001
+
+
+def test_retry_after_beyond_52_days_rounds_up_to_a_float_that_is_not_short(
+    make_budget: BudgetFactory,
+) -> None:
+    budget = make_budget([Window("w", ns(LONG_WAIT_NS), request_cap=1)])
+    budget.record(0, now=0)
+
+    wait = budget.retry_after(0, now=0)
+    breach = budget.check(0, now=0)
+
+    assert wait == math.nextafter(17_280_000.0, math.inf)
+    assert breach is not None
+    assert breach.retry_after == wait
+
+
+def test_a_call_retry_after_seconds_later_fits_beyond_52_days(
+    make_budget: BudgetFactory,
+) -> None:
+    budget = make_budget([Window("w", ns(LONG_WAIT_NS), request_cap=1)])
+    budget.record(0, now=0)
+    wait = budget.retry_after(0, now=0)
+
+    assert budget.check(0, now=math.nextafter(wait, 0.0)) is not None
+    assert budget.check(0, now=wait) is None
+
+
 def test_retry_after_is_infinite_when_the_call_alone_exceeds_a_cap(
     make_budget: BudgetFactory,
 ) -> None:
