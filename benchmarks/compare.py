@@ -120,35 +120,55 @@ class Contender:
 
     ``batch(n)`` returns (ns for n calls, ns for the same loop without the
     calls), both measured in the process and the repeat that ran the calls.
+    ``ratios`` are each batch's ns per call over that of the floor batch run
+    just before it.
     """
 
     name: str
     batch: Callable[[int], tuple[int, int]] | None = None
     skipped: str = ""
     samples: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
 
 
 def interleave(contenders: list[Contender], calls: int, repeats: int) -> None:
-    """Fill every contender's ``samples`` with net ns per call, interleaved.
+    """Fill every contender's ``samples`` (net ns per call) and ``ratios``.
 
-    The loop's cost subtracted is the median over all of a contender's
-    batches, so that one preempted loop timing cannot make a sample negative.
+    The first contender is the floor. Every other batch runs right after a
+    batch of the floor, and its ratio to the floor is taken against that
+    neighbour, so that a change in the machine's load between batches
+    cancels out of the ratio. The loop's cost subtracted is the median over
+    all of a contender's batches, so that one preempted loop timing cannot
+    make a sample negative.
     """
-    active = [c for c in contenders if c.batch is not None]
-    elapsed: dict[str, list[int]] = {c.name: [] for c in active}
-    loops: dict[str, list[int]] = {c.name: [] for c in active}
+    floor = contenders[0]
+    assert floor.batch is not None
+    others = [c for c in contenders[1:] if c.batch is not None]
+    elapsed: dict[str, list[int]] = {c.name: [] for c in [floor, *others]}
+    loops: dict[str, list[int]] = {c.name: [] for c in [floor, *others]}
+    neighbour: dict[str, list[int]] = {c.name: [] for c in others}
     rng = random.Random(7)
     for _ in range(repeats):
-        rng.shuffle(active)
-        for contender in active:
+        rng.shuffle(others)
+        for contender in others:
             assert contender.batch is not None
             gc.collect()
-            batch_ns, loop_ns = contender.batch(calls)
-            elapsed[contender.name].append(batch_ns)
-            loops[contender.name].append(loop_ns)
-    for contender in active:
+            for runner in (floor, contender):
+                assert runner.batch is not None
+                batch_ns, loop_ns = runner.batch(calls)
+                elapsed[runner.name].append(batch_ns)
+                loops[runner.name].append(loop_ns)
+            neighbour[contender.name].append(len(elapsed[floor.name]) - 1)
+    for contender in [floor, *others]:
         loop = statistics.median(loops[contender.name])
         contender.samples = [(e - loop) / calls for e in elapsed[contender.name]]
+    floor.ratios = [1.0]
+    for contender in others:
+        contender.ratios = [
+            own / floor.samples[k]
+            for own, k in zip(contender.samples, neighbour[contender.name], strict=True)
+            if floor.samples[k] > 0
+        ]
 
 
 def fresh_batch(
@@ -435,7 +455,7 @@ def speed_table(contenders: list[Contender], floor: str, core: str) -> str:
     for contender in contenders:
         if not contender.samples:
             rows.append(
-                [contender.name, "skipped: " + contender.skipped, "", "", "", ""]
+                [contender.name, "skipped: " + contender.skipped, "", "", "", "", ""]
             )
             continue
         median = statistics.median(contender.samples)
@@ -446,11 +466,22 @@ def speed_table(contenders: list[Contender], floor: str, core: str) -> str:
                 f"{min(contender.samples):,.1f}",
                 f"{max(contender.samples):,.1f}",
                 f"{median / floor_ns:,.2f}" if floor_ns else "",
+                f"{statistics.median(contender.ratios):,.2f}"
+                if contender.ratios
+                else "",
                 f"{median / core_ns:,.2f}" if core_ns else "",
             ]
         )
     return markdown_table(
-        ["implementation", "ns/call (median)", "min", "max", "x floor", "x compiled"],
+        [
+            "implementation",
+            "ns/call (median)",
+            "min",
+            "max",
+            "x floor",
+            "x floor (paired)",
+            "x compiled",
+        ],
         rows,
     )
 
