@@ -537,7 +537,7 @@ def render_text(report: ReplayReport, engine: str) -> str:
     log = report.log
     span = _seconds_text(log.times_ns[-1] - log.times_ns[0])
     lines = [
-        f"Replay of {log.path}: {_count_text(len(log))} calls from {log.stamps[0]} "
+        f"Replay of {log.name}: {_count_text(len(log))} calls from {log.stamps[0]} "
         f"to {log.stamps[-1]} ({span} s)",
         f"{_usage_text(log)}; engine: {engine}",
         f"Admitted {_count_text(report.admitted_calls)} calls "

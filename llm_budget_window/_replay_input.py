@@ -4,7 +4,8 @@ Times become integer nanoseconds, tokens integers and USD integer
 nano-dollars, all converted exactly (rounding half-to-even only below a
 nanosecond or a nano-dollar, as the budget itself does). Every problem with
 the file raises ``ReplayInputError`` with a one-line message naming the file
-and, for a bad cell, its line (the header of a CSV file is line 1).
+and, for a bad cell, its line (the header of a CSV file is line 1). The file
+is read once, front to back, so a pipe or standard input (``-``) works too.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Literal, TextIO
+from typing import Literal
 
 __all__ = [
     "DEFAULT_COLUMNS",
+    "STDIN",
     "Columns",
     "Prices",
     "ReplayInputError",
@@ -36,6 +39,9 @@ _TOKENS_PER_PRICE_UNIT = 1_000_000
 _MAX_AMOUNT = 1 << 62
 
 Format = Literal["auto", "csv", "jsonl"]
+
+#: The path that reads the log from standard input.
+STDIN = "-"
 
 #: Column names tried, in order, when no column is named on the command line.
 #: The first names are those of the shipped Azure trace.
@@ -113,6 +119,15 @@ class UsageLog:
 
     def __len__(self) -> int:
         return len(self.times_ns)
+
+    @property
+    def name(self) -> str:
+        """Return the log's name for messages: its path, or ``<stdin>``."""
+        return _display_name(self.path)
+
+
+def _display_name(path: str) -> str:
+    return "<stdin>" if path == STDIN else path
 
 
 # ---------------------------------------------------------------------------
@@ -225,22 +240,32 @@ def _parse_usd_nanos(cell: object) -> int:
 _Records = tuple[list[str], Iterator[tuple[int, Mapping[str, object]]]]
 
 
-def _csv_records(path: str, stream: Iterator[str]) -> _Records:
+def _csv_records(path: str, stream: Iterable[str]) -> _Records:
     reader = csv.reader(stream)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise ReplayInputError(
+            f"{path} line {reader.line_num}: not valid CSV ({exc})"
+        ) from None
     if header is None:
         raise ReplayInputError(f"{path} is empty")
     names = [name.strip() for name in header]
 
     def rows() -> Iterator[tuple[int, Mapping[str, object]]]:
-        for row in reader:
-            if any(cell.strip() for cell in row):
-                yield reader.line_num, dict(zip(names, row, strict=False))
+        try:
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    yield reader.line_num, dict(zip(names, row, strict=False))
+        except csv.Error as exc:
+            raise ReplayInputError(
+                f"{path} line {reader.line_num}: not valid CSV ({exc})"
+            ) from None
 
     return names, rows()
 
 
-def _jsonl_records(path: str, stream: Iterator[str]) -> _Records:
+def _jsonl_records(path: str, stream: Iterable[str]) -> _Records:
     def records() -> Iterator[tuple[int, Mapping[str, object]]]:
         for number, text in enumerate(stream, start=1):
             if not text.strip():
@@ -262,13 +287,48 @@ def _jsonl_records(path: str, stream: Iterator[str]) -> _Records:
     return list(first[1]), itertools.chain([first], remaining)
 
 
-def _detect_format(path: str, head: str) -> Literal["csv", "jsonl"]:
+def _detect_format(path: str, first_line: str) -> Literal["csv", "jsonl"]:
     suffix = path.lower().rsplit(".", 1)[-1]
     if suffix in ("jsonl", "ndjson"):
         return "jsonl"
     if suffix == "csv":
         return "csv"
-    return "jsonl" if head.lstrip().startswith("{") else "csv"
+    return "jsonl" if first_line.lstrip().startswith("{") else "csv"
+
+
+_BOM = b"\xef\xbb\xbf"
+_LONE_CR = re.compile("\r(?!\n)")
+_LONE_CR_BYTES = re.compile(b"\r(?!\n)")
+_TEXT_LINE = re.compile("[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+def _text_lines(path: str, stream: Iterable[bytes]) -> Iterator[str]:
+    """Yield the UTF-8 lines of a byte stream, line ends kept, in one pass.
+
+    Lines end at ``\n``, ``\r\n`` or a lone ``\r``, as in a file opened with
+    ``newline=""`` (what the csv module asks for); a leading byte order mark is
+    dropped. Decoding line by line, rather than through a text wrapper, lets a
+    byte that is not UTF-8 be reported with its line.
+    """
+    number = 0
+    for raw in stream:
+        if number == 0 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = number + 1 + len(_LONE_CR_BYTES.findall(raw, 0, exc.start))
+            raise ReplayInputError(
+                f"{path} line {line}: not UTF-8 text ({exc.reason}); "
+                "save the log as UTF-8"
+            ) from None
+        if "\r" in text and _LONE_CR.search(text):
+            pieces = _TEXT_LINE.findall(text)
+            number += len(pieces)
+            yield from pieces
+        else:
+            number += 1
+            yield text
 
 
 # ---------------------------------------------------------------------------
@@ -369,36 +429,57 @@ def read_log(
 ) -> UsageLog:
     """Read every call of a CSV or JSON Lines usage log, in file order.
 
-    Tokens per call are input + output tokens (or the one total column). USD
-    per call is priced from the tokens when ``prices`` is given (per million
-    tokens, rounded once per call to a nano-dollar), else read from the USD
-    column if there is one, else 0. Raises ReplayInputError.
+    ``path`` may be ``-`` (``STDIN``) for standard input; the log is read
+    once, front to back, so a pipe works. Tokens per call are input + output
+    tokens (or the one total column). USD per call is priced from the tokens
+    when ``prices`` is given (per million tokens, rounded once per call to a
+    nano-dollar), else read from the USD column if there is one, else 0. A CSV
+    cell may be as long as the csv module's ``field_size_limit()``. Raises
+    ReplayInputError.
     """
+    name = _display_name(path)
     try:
-        with open(path, encoding="utf-8-sig", newline="") as stream:
-            return _read_stream(path, stream, columns, prices, file_format)
+        if path == STDIN:
+            if sys.stdin is None:
+                raise ReplayInputError(f"cannot read {name}: it is closed")
+            return _read_stream(
+                path, name, sys.stdin.buffer, columns, prices, file_format
+            )
+        with open(path, "rb") as stream:
+            return _read_stream(path, name, stream, columns, prices, file_format)
     except OSError as exc:
-        raise ReplayInputError(f"cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ReplayInputError(f"{path} is not UTF-8 text ({exc.reason})") from None
+        raise ReplayInputError(f"cannot read {name}: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    """Return why an operating-system call failed, never ``None``."""
+    return exc.strerror or str(exc) or f"{type(exc).__name__}, with no reason given"
 
 
 def _read_stream(
     path: str,
-    stream: TextIO,
+    name: str,
+    stream: Iterable[bytes],
     columns: Columns,
     prices: Prices | None,
     file_format: Format,
 ) -> UsageLog:
-    head = stream.read(4096)
-    if not head.strip():
-        raise ReplayInputError(f"{path} is empty")
-    stream.seek(0)
-    chosen = _detect_format(path, head) if file_format == "auto" else file_format
+    # Detect the format from the first line that is not blank, keeping the
+    # lines read so far instead of seeking back, which a pipe cannot do.
+    lines = _text_lines(name, stream)
+    head: list[str] = []
+    for line in lines:
+        head.append(line)
+        if line.strip():
+            break
+    else:
+        raise ReplayInputError(f"{name} is empty")
+    chosen = _detect_format(path, head[-1]) if file_format == "auto" else file_format
+    text = itertools.chain(head, lines)
     names, records = (
-        _csv_records(path, stream) if chosen == "csv" else _jsonl_records(path, stream)
+        _csv_records(name, text) if chosen == "csv" else _jsonl_records(name, text)
     )
-    plan = _plan(path, names, columns, prices)
+    plan = _plan(name, names, columns, prices)
     token_columns = (
         (plan.tokens,)
         if plan.tokens is not None
@@ -424,7 +505,7 @@ def _read_stream(
     )
 
     for number, record in records:
-        where = f"{path} line {number}"
+        where = f"{name} line {number}"
 
         stamp = _cell(record, plan.time, where)
         try:
@@ -475,7 +556,7 @@ def _read_stream(
         log.usd_nanos.append(nanos)
 
     if not log.times_ns:
-        raise ReplayInputError(f"{path} has no calls, only a header")
+        raise ReplayInputError(f"{name} has no calls, only a header")
     return log
 
 

@@ -100,7 +100,7 @@ def plot_report(report: ReplayReport, path: str) -> None:
     ]
 
     figure = Figure(figsize=(10, 1.0 + 2.6 * len(panels)), layout="constrained")
-    figure.suptitle(f"Replay of {log.path}: use of each window against its caps")
+    figure.suptitle(f"Replay of {log.name}: use of each window against its caps")
     grid = figure.subplots(len(panels), 1, sharex=True, squeeze=False)
     for chart, (i, window_report, peak) in zip(grid[:, 0], panels, strict=True):
         window = window_report.window

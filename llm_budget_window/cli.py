@@ -210,14 +210,14 @@ def _run_replay(args: argparse.Namespace) -> int:
         for window in args.window:
             if window.usd_cap is not None:
                 raise _replay_error(
-                    f"argument --window: {window.name!r} caps USD, but {log.path} "
+                    f"argument --window: {window.name!r} caps USD, but {log.name} "
                     "has no usd column: give --price or --usd-column"
                 )
 
     try:
         report = replay(log, args.window, engine, keep_timeline=bool(args.plot))
     except OverflowError as exc:
-        raise _replay_error(f"{log.path}: {exc}") from None
+        raise _replay_error(f"{log.name}: {exc}") from None
 
     if args.plot:
         plot_report(report, args.plot)

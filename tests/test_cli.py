@@ -917,6 +917,134 @@ def test_missing_file_is_one_line_naming_the_file(
     )
 
 
+def run_module(*argv: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """Run ``python -m llm_budget_window`` with ``stdin`` piped in."""
+    done = subprocess.run(
+        [sys.executable, "-m", "llm_budget_window", *argv],
+        input=stdin,
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no /dev/stdin on Windows")
+def test_log_piped_to_dev_stdin_replays() -> None:
+    status, out, err = run_module(
+        "replay", "/dev/stdin", "--window", "1m", stdin=(HEADER + "0,1,1\n").encode()
+    )
+
+    assert (status, err) == (0, "")
+    assert out.splitlines()[0] == "Replay of /dev/stdin: 1 calls from 0 to 0 (0 s)"
+
+
+def test_dash_reads_the_log_from_standard_input() -> None:
+    status, out, err = run_module(
+        "replay",
+        "-",
+        "--window",
+        "1m",
+        "--json",
+        stdin=b'{"timestamp": 0, "tokens": 3}\n{"timestamp": 2, "tokens": 4}\n',
+    )
+
+    assert (status, err) == (0, "")
+    report = json.loads(out)
+    assert (report["input"]["path"], report["input"]["format"]) == ("-", "jsonl")
+    assert report["admitted"] == {"calls": 2, "tokens": 7, "usd": 0.0}
+
+
+def test_bad_row_on_standard_input_names_stdin_and_the_line() -> None:
+    status, out, err = run_module(
+        "replay", "-", "--window", "1m", stdin=(HEADER + "0,1,1\n1,x,1\n").encode()
+    )
+
+    assert (status, out, err) == (
+        2,
+        "",
+        "llm-budget-window replay: error: <stdin> line 3: input_tokens is not a "
+        "token count (a whole number, 0 <= n < 2**62): 'x'\n",
+    )
+
+
+def test_blank_standard_input_is_empty() -> None:
+    status, out, err = run_module("replay", "-", "--window", "1m", stdin=b"\n \n")
+
+    assert (status, out, err) == (
+        2,
+        "",
+        "llm-budget-window replay: error: <stdin> is empty\n",
+    )
+
+
+def test_lines_ending_in_a_lone_carriage_return_are_separate_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "log.csv"
+    log.write_bytes(b"timestamp,tokens\r0,1\r5,2\r")
+
+    report = replay_json(capsys, log, "--window", "1m")
+
+    assert (report["admitted"]["tokens"], report["input"]["span_seconds"]) == (3, 5)
+
+
+def test_byte_order_mark_before_the_header_is_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "log.csv"
+    log.write_bytes(b"\xef\xbb\xbftimestamp,tokens\r\n0,1\r\n")
+
+    report = replay_json(capsys, log, "--window", "1m")
+
+    assert report["input"]["time_column"] == "timestamp"
+
+
+def test_latin_1_log_is_one_line_naming_the_line_that_is_not_utf_8(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "log.csv"
+    log.write_bytes("timestamp,tokens,note\n0,1,ok\n1,1,café\n".encode("latin-1"))
+
+    status = main(["replay", str(log), "--window", "1m"])
+
+    assert (status, capsys.readouterr().err) == (
+        2,
+        f"llm-budget-window replay: error: {log} line 3: not UTF-8 text "
+        "(invalid continuation byte); save the log as UTF-8\n",
+    )
+
+
+def test_directory_as_the_log_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["replay", str(tmp_path), "--window", "1m"])
+
+    assert (status, capsys.readouterr().err) == (
+        2,
+        f"llm-budget-window replay: error: cannot read {tmp_path}: Is a directory\n",
+    )
+
+
+def test_os_error_without_a_reason_says_what_failed_instead_of_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_budget_window import _replay_input
+
+    def failing_open(*args: object, **kwargs: object) -> None:
+        raise OSError
+
+    monkeypatch.setattr(_replay_input, "open", failing_open, raising=False)
+    log = write(tmp_path, GOOD)
+
+    status = main(["replay", str(log), "--window", "1m"])
+
+    assert (status, capsys.readouterr().err) == (
+        2,
+        f"llm-budget-window replay: error: cannot read {log}: OSError, with no "
+        "reason given\n",
+    )
+
+
 def test_unwritable_plot_is_one_line_naming_the_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
