@@ -10,8 +10,10 @@ or the file and line, with exit status 2. See docs/replay.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NoReturn
 
 from ._replay import (
@@ -32,6 +34,11 @@ __all__ = ["main"]
 PROG = "llm-budget-window"
 
 EngineFactory = Callable[[Iterable[Window]], Budget]
+
+#: Characters a CSV cell may hold during a replay, instead of the csv module's
+#: default of 131,072, which a column of prompt text easily exceeds. The
+#: largest value a C long holds on every platform.
+CSV_CELL_LIMIT = 2**31 - 1
 
 
 class CommandLineError(Exception):
@@ -190,6 +197,16 @@ def _check_flags(args: argparse.Namespace) -> None:
         )
 
 
+@contextlib.contextmanager
+def _csv_cells_up_to(limit: int) -> Iterator[None]:
+    """Raise the csv module's field size limit, process-wide, for the block only."""
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
 def _run_replay(args: argparse.Namespace) -> int:
     _check_flags(args)
     engine_name, engine = _load_engine(args.engine)
@@ -203,9 +220,10 @@ def _run_replay(args: argparse.Namespace) -> int:
         tokens=args.tokens_column,
         usd=args.usd_column,
     )
-    log = read_log(
-        args.log, columns=columns, prices=args.price, file_format=args.format
-    )
+    with _csv_cells_up_to(CSV_CELL_LIMIT):
+        log = read_log(
+            args.log, columns=columns, prices=args.price, file_format=args.format
+        )
     if log.prices is None and log.usd_column is None:
         for window in args.window:
             if window.usd_cap is not None:

@@ -1014,6 +1014,45 @@ def test_latin_1_log_is_one_line_naming_the_line_that_is_not_utf_8(
     )
 
 
+def test_csv_cell_longer_than_the_csv_module_default_limit_replays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompt = "x" * 1_000_000
+    log = write(tmp_path, f"timestamp,tokens,prompt\n0,1,{prompt}\n1,2,short\n")
+
+    report = replay_json(capsys, log, "--window", "1m")
+
+    assert report["admitted"] == {"calls": 2, "tokens": 3, "usd": 0.0}
+
+
+def test_replay_leaves_the_csv_field_size_limit_as_it_found_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = csv.field_size_limit()
+    log = write(tmp_path, f"timestamp,tokens,prompt\n0,1,{'x' * 200_000}\n")
+
+    replay_json(capsys, log, "--window", "1m")
+
+    assert csv.field_size_limit() == before
+
+
+def test_csv_cell_over_the_limit_is_one_line_naming_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_budget_window import cli
+
+    monkeypatch.setattr(cli, "CSV_CELL_LIMIT", 10)
+    log = write(tmp_path, "timestamp,tokens,prompt\n0,1,short\n1,1,much too long\n")
+
+    status = main(["replay", str(log), "--window", "1m"])
+
+    assert (status, capsys.readouterr().err) == (
+        2,
+        f"llm-budget-window replay: error: {log} line 3: not valid CSV "
+        "(field larger than field limit (10))\n",
+    )
+
+
 def test_directory_as_the_log_is_one_line_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
