@@ -17,7 +17,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -234,10 +234,12 @@ def _parse_usd_nanos(cell: object) -> int:
 
 
 # ---------------------------------------------------------------------------
-# Records of either format: the names the first record offers, then each
-# record as (line number, mapping of name to cell).
+# Records of either format: the names the first record offers, and a function
+# that, given the names the replay reads, yields each record as (line number,
+# mapping of name to cell).
 
-_Records = tuple[list[str], Iterator[tuple[int, Mapping[str, object]]]]
+_Record = tuple[int, Mapping[str, object]]
+_Records = tuple[list[str], Callable[[Sequence[str]], Iterator[_Record]]]
 
 
 def _csv_records(path: str, stream: Iterable[str]) -> _Records:
@@ -251,22 +253,35 @@ def _csv_records(path: str, stream: Iterable[str]) -> _Records:
     if header is None:
         raise ReplayInputError(f"{path} is empty")
     names = [name.strip() for name in header]
+    width = len(names)
 
-    def rows() -> Iterator[tuple[int, Mapping[str, object]]]:
+    def rows(needed: Sequence[str]) -> Iterator[_Record]:
         try:
             for row in reader:
-                if any(cell.strip() for cell in row):
-                    yield reader.line_num, dict(zip(names, row, strict=False))
+                if not any(cell.strip() for cell in row):
+                    continue
+                # A row of another width is out of step with the header: extra
+                # cells would be dropped, and a short row may have lost a cell
+                # anywhere. A short row is read only if it has every column read.
+                record = dict(zip(names, row, strict=False))
+                lost = next((name for name in needed if name not in record), None)
+                if len(row) > width or lost is not None:
+                    where = f"{path} line {reader.line_num}"
+                    raise ReplayInputError(
+                        f"{where}: {len(row)} cells, but the header has {width}"
+                        + ("" if lost is None else f", so no value for {lost}")
+                    )
+                yield reader.line_num, record
         except csv.Error as exc:
             raise ReplayInputError(
                 f"{path} line {reader.line_num}: not valid CSV ({exc})"
             ) from None
 
-    return names, rows()
+    return names, rows
 
 
 def _jsonl_records(path: str, stream: Iterable[str]) -> _Records:
-    def records() -> Iterator[tuple[int, Mapping[str, object]]]:
+    def records() -> Iterator[_Record]:
         for number, text in enumerate(stream, start=1):
             if not text.strip():
                 continue
@@ -284,7 +299,8 @@ def _jsonl_records(path: str, stream: Iterable[str]) -> _Records:
     first = next(remaining, None)
     if first is None:
         raise ReplayInputError(f"{path} is empty")
-    return list(first[1]), itertools.chain([first], remaining)
+    # A missing key is reported when its value is read, by _cell.
+    return list(first[1]), lambda needed: itertools.chain([first], remaining)
 
 
 def _detect_format(path: str, first_line: str) -> Literal["csv", "jsonl"]:
@@ -476,14 +492,18 @@ def _read_stream(
         raise ReplayInputError(f"{name} is empty")
     chosen = _detect_format(path, head[-1]) if file_format == "auto" else file_format
     text = itertools.chain(head, lines)
-    names, records = (
+    names, read_records = (
         _csv_records(name, text) if chosen == "csv" else _jsonl_records(name, text)
     )
     plan = _plan(name, names, columns, prices)
     token_columns = (
         (plan.tokens,)
         if plan.tokens is not None
-        else tuple(name for name in (plan.input, plan.output) if name is not None)
+        else tuple(column for column in (plan.input, plan.output) if column)
+    )
+    usd_column = plan.usd if prices is None else None
+    records = read_records(
+        [column for column in (plan.time, *token_columns, usd_column) if column]
     )
     # LIMITATION: every call is read into memory (about 250 bytes a call)
     # before the replay starts, because the report and the plot refer back to

@@ -805,7 +805,7 @@ BAD_LOGS = [
     pytest.param(
         HEADER + "0,1\n",
         [],
-        "{log} line 2: no value for output_tokens",
+        "{log} line 2: 2 cells, but the header has 3, so no value for output_tokens",
         id="short-row",
     ),
     pytest.param(
@@ -883,6 +883,46 @@ def test_bad_log_is_one_line_naming_the_file_and_line_with_status_2(
         "",
         f"llm-budget-window replay: error: {expected}\n",
     )
+
+
+def test_row_with_more_cells_than_the_header_is_one_line_naming_the_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write(tmp_path, HEADER + "0,1,1\n1,2,2,9\n")
+
+    status = main(["replay", str(log), "--window", "1m"])
+
+    assert (status, capsys.readouterr().err) == (
+        2,
+        f"llm-budget-window replay: error: {log} line 3: 4 cells, but the header "
+        "has 3\n",
+    )
+
+
+def test_row_short_of_a_column_the_replay_reads_is_one_line_naming_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write(
+        tmp_path, "timestamp,input_tokens,output_tokens,usd\n0,1,1,0.5\n1,2,2\n"
+    )
+
+    status = main(["replay", str(log), "--window", "1m"])
+
+    assert (status, capsys.readouterr().err) == (
+        2,
+        f"llm-budget-window replay: error: {log} line 3: 3 cells, but the header "
+        "has 4, so no value for usd\n",
+    )
+
+
+def test_row_short_only_of_columns_the_replay_does_not_read_is_replayed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write(tmp_path, "timestamp,tokens,note\n0,1,first\n1,2\n")
+
+    report = replay_json(capsys, log, "--window", "1m")
+
+    assert report["admitted"] == {"calls": 2, "tokens": 3, "usd": 0.0}
 
 
 def test_bad_json_line_is_one_line_naming_the_line(
