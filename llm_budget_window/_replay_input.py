@@ -53,6 +53,15 @@ DEFAULT_COLUMNS: Mapping[str, tuple[str, ...]] = {
     "usd": ("usd",),
 }
 
+#: How a timestamp is written: every call of one log must use the same kind,
+#: as seconds from an unknown origin cannot be compared with a date-time.
+_TimeKind = Literal["ISO 8601", "seconds"]
+
+_KIND_TEXT: Mapping[_TimeKind, str] = {
+    "ISO 8601": "an ISO 8601 date-time",
+    "seconds": "a number of seconds",
+}
+
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 _ISO_TIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
@@ -142,10 +151,15 @@ def parse_time_ns(cell: object) -> int:
     ``...+01:00``; no offset reads as UTC) with any number of fractional
     digits, and plain numbers of seconds (Unix epoch seconds, or any origin).
     """
+    return _parse_time(cell)[0]
+
+
+def _parse_time(cell: object) -> tuple[int, _TimeKind]:
+    """Return a timestamp as integer nanoseconds and its kind, or raise ValueError."""
     if isinstance(cell, bool):
         raise ValueError(cell)
     if isinstance(cell, (int, Decimal)):
-        return _seconds_to_ns(Decimal(cell))
+        return _seconds_to_ns(Decimal(cell)), "seconds"
     if not isinstance(cell, str):
         raise ValueError(cell)
     text = cell.strip()
@@ -154,7 +168,7 @@ def parse_time_ns(cell: object) -> int:
     # change. See docs/replay.md, Limitations.
     match = _ISO_TIME.fullmatch(text)
     if match is None:
-        return _seconds_to_ns(_decimal(text))
+        return _seconds_to_ns(_decimal(text)), "seconds"
     year, month, day, hour, minute, second, digits, sign, off_h, off_m = match.groups()
     moment = datetime.datetime(
         int(year), int(month), int(day), int(hour), int(minute), int(second or 0)
@@ -171,7 +185,7 @@ def parse_time_ns(cell: object) -> int:
         fraction_ns = int(digits.ljust(9, "0"))
     else:
         fraction_ns = round(Fraction(int(digits), 10 ** len(digits)) * NANOS_PER_UNIT)
-    return seconds * NANOS_PER_UNIT + fraction_ns
+    return seconds * NANOS_PER_UNIT + fraction_ns, "ISO 8601"
 
 
 def _decimal(text: str) -> Decimal:
@@ -524,17 +538,26 @@ def _read_stream(
         rate.numerator * (denominator // rate.denominator) for rate in per_token
     )
 
+    first_kind: _TimeKind | None = None
     for number, record in records:
         where = f"{name} line {number}"
 
         stamp = _cell(record, plan.time, where)
         try:
-            time_ns = parse_time_ns(stamp)
+            time_ns, kind = _parse_time(stamp)
         except (ValueError, OverflowError):
             raise ReplayInputError(
                 f"{where}: {plan.time} is not a timestamp (ISO 8601 or seconds): "
                 f"{stamp!r}"
             ) from None
+        if first_kind is None:
+            first_kind = kind
+        elif kind != first_kind:
+            raise ReplayInputError(
+                f"{where}: {plan.time} {stamp!r} is {_KIND_TEXT[kind]}, but the "
+                f"first call's, {log.stamps[0]!r} (line {log.lines[0]}), is "
+                f"{_KIND_TEXT[first_kind]}; write every timestamp the same way"
+            )
         if log.times_ns and abs(time_ns - log.times_ns[0]) >= _MAX_AMOUNT:
             raise ReplayInputError(
                 f"{where}: {plan.time} {stamp!r} is more than 2**62 ns "

@@ -925,6 +925,87 @@ def test_row_short_only_of_columns_the_replay_does_not_read_is_replayed(
     assert report["admitted"] == {"calls": 2, "tokens": 3, "usd": 0.0}
 
 
+def test_seconds_after_an_iso_timestamp_is_one_line_naming_the_first_such_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write(
+        tmp_path,
+        HEADER
+        + "2024-03-01T12:00:00Z,1,1\n2024-03-01T12:00:05Z,1,1\n"
+        + "1709294410,1,1\n1709294420,1,1\n",
+    )
+
+    status = main(["replay", str(log), "--window", "1m"])
+
+    assert (status, capsys.readouterr().err) == (
+        2,
+        f"llm-budget-window replay: error: {log} line 4: timestamp '1709294410' is "
+        "a number of seconds, but the first call's, '2024-03-01T12:00:00Z' (line 2), "
+        "is an ISO 8601 date-time; write every timestamp the same way\n",
+    )
+
+
+def test_iso_timestamp_after_seconds_is_one_line_naming_the_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write(
+        tmp_path,
+        '{"timestamp": 1709294400, "tokens": 1}\n'
+        '{"timestamp": "2024-03-01 12:00:10", "tokens": 1}\n',
+        "log.jsonl",
+    )
+
+    status = main(["replay", str(log), "--window", "1m"])
+
+    assert (status, capsys.readouterr().err) == (
+        2,
+        f"llm-budget-window replay: error: {log} line 2: timestamp "
+        "'2024-03-01 12:00:10' is an ISO 8601 date-time, but the first call's, "
+        "'1709294400' (line 1), is a number of seconds; write every timestamp the "
+        "same way\n",
+    )
+
+
+def test_json_numbers_and_numeric_strings_are_the_same_kind_of_timestamp(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write(
+        tmp_path,
+        '{"timestamp": 100, "tokens": 1}\n{"timestamp": "102.5", "tokens": 1}\n',
+        "log.jsonl",
+    )
+
+    report = replay_json(capsys, log, "--window", "1m")
+
+    assert report["input"]["span_seconds"] == 2.5
+
+
+def test_json_array_line_is_one_line_naming_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write(tmp_path, '{"timestamp": 0, "tokens": 1}\n[1, 2]\n', "log.jsonl")
+
+    status = main(["replay", str(log), "--window", "1m"])
+
+    assert (status, capsys.readouterr().err) == (
+        2,
+        f"llm-budget-window replay: error: {log} line 2: not a JSON object\n",
+    )
+
+
+def test_json_number_line_is_one_line_naming_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write(tmp_path, '{"timestamp": 0, "tokens": 1}\n5\n', "log.jsonl")
+
+    status = main(["replay", str(log), "--window", "1m"])
+
+    assert (status, capsys.readouterr().err) == (
+        2,
+        f"llm-budget-window replay: error: {log} line 2: not a JSON object\n",
+    )
+
+
 def test_bad_json_line_is_one_line_naming_the_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
