@@ -470,11 +470,10 @@ def read_log(
     name = _display_name(path)
     try:
         if path == STDIN:
-            if sys.stdin is None:
-                raise ReplayInputError(f"cannot read {name}: it is closed")
-            return _read_stream(
-                path, name, sys.stdin.buffer, columns, prices, file_format
-            )
+            stdin = getattr(sys.stdin, "buffer", None)
+            if stdin is None:
+                raise ReplayInputError(f"cannot read {name}: it is not open as a file")
+            return _read_stream(path, name, stdin, columns, prices, file_format)
         with open(path, "rb") as stream:
             return _read_stream(path, name, stream, columns, prices, file_format)
     except OSError as exc:

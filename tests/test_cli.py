@@ -1088,6 +1088,20 @@ def test_bad_row_on_standard_input_names_stdin_and_the_line() -> None:
     )
 
 
+def test_dash_without_a_standard_input_is_one_line_naming_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", None)
+
+    status = main(["replay", "-", "--window", "1m"])
+
+    assert (status, capsys.readouterr().err) == (
+        2,
+        "llm-budget-window replay: error: cannot read <stdin>: it is not open as a "
+        "file\n",
+    )
+
+
 def test_blank_standard_input_is_empty() -> None:
     status, out, err = run_module("replay", "-", "--window", "1m", stdin=b"\n \n")
 
