@@ -512,11 +512,11 @@ def _read_stream(
     token_columns = (
         (plan.tokens,)
         if plan.tokens is not None
-        else tuple(column for column in (plan.input, plan.output) if column)
+        else tuple(column for column in (plan.input, plan.output) if column is not None)
     )
     usd_column = plan.usd if prices is None else None
     records = read_records(
-        [column for column in (plan.time, *token_columns, usd_column) if column]
+        [plan.time, *token_columns, *([] if usd_column is None else [usd_column])]
     )
     # LIMITATION: every call is read into memory (about 250 bytes a call)
     # before the replay starts, because the report and the plot refer back to
