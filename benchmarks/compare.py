@@ -1094,7 +1094,7 @@ def plot(path: Path, speed: dict[str, Any]) -> None:
         handles,
         ["floor", "llm-budget-window", "peer library"],
         fontsize=8,
-        loc="lower right",
+        loc="upper right",
     )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
