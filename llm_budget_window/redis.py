@@ -36,12 +36,12 @@ from ._types import (
     WindowSnapshot,
     make_breach,
     make_snapshot,
-    ns_to_seconds,
     overflow_error,
     seconds_to_ns,
     to_tokens,
     usd_to_nanos,
     validate_windows,
+    wait_to_seconds,
 )
 from ._waiting import WaitQueue, record_wait, reserve_wait, wait_for_room
 
@@ -223,7 +223,7 @@ class _RedisBudgetBase:
         never, wait_high, wait_low = reply
         if never:
             return math.inf
-        return ns_to_seconds(wait_high * _PAIR_BASE + wait_low)
+        return wait_to_seconds(wait_high * _PAIR_BASE + wait_low)
 
     def _snapshots(self, reply: Sequence[int]) -> list[WindowSnapshot]:
         result = []
