@@ -7,13 +7,16 @@ evicted and is deleted as a whole):
 
 - field ``s``: the state, packed little-endian doubles: the latest time seen,
   the next sequence number, the running prefix sums of tokens and
-  nano-dollars over every record ever committed (as first committed), the
-  sums of every correction made since (see below) and the count of released
-  records; then per window its head (the sequence number of its oldest
-  record), the prefix sums just before that head, the corrections and
-  releases of the records it has evicted, and how many of the records it
-  holds carry a correction;
-- field ``c``: the window durations in nanoseconds the state was made for;
+  nano-dollars over every record ever committed (as first committed) and
+  the server time (ms) the key's expiry was last pushed out to; then per
+  window its head (the sequence number of its oldest record), the prefix
+  sums just before that head and the time of that oldest record;
+- field ``x``: only while some window's sums include a correction (see
+  below): the sums of every correction made and the count of released
+  records, then per window the corrections and releases of the records it
+  has evicted and how many of the records it holds carry a correction;
+- field ``c``: the layout tag and the window durations in nanoseconds the
+  state was made for;
 - field ``<seq>``: one record per admitted call, packed: its time and the
   prefix sums including it, followed by the call's id;
 - field ``i<call id>``: the sequence number of that call, so that a call
@@ -28,7 +31,14 @@ not yet evicted from it, so eviction costs one read per evicted record and
 proportional to the records held. Settling or releasing a record never
 rewrites a prefix sum: it adds its correction to the global sums, and to the
 evicted corrections of every window that no longer holds the record, whose
-sums therefore do not move. That is O(windows).
+sums therefore do not move. That is O(windows). Once every window has
+evicted every correction, the corrections cancel out and ``x`` is deleted,
+so a budget without open corrections reads and writes only ``s``.
+
+Every argument but the call id and the config travels in one string of
+packed doubles (see ``pack_call``): the call's time and amounts, then what
+is fixed for a budget (expiry, the longest window, per window its duration
+and caps), packed once by the client.
 
 Lua numbers are doubles, exact only below 2**53. Every integer that can be
 larger (times and durations in nanoseconds, token and nano-dollar sums, caps)
@@ -41,28 +51,28 @@ sum or a part of one, which never exceeds 2**63 - 1, so it is exact.
 
 from __future__ import annotations
 
+import struct
+
 __all__ = [
     "CHECK",
+    "LAYOUT_TAG",
     "RELEASE",
     "RETRY_AFTER",
     "SETTLE",
     "SNAPSHOT",
     "TRY_RECORD",
     "encode_pair",
-    "FIXED_ARGS",
-    "WINDOW_ARGS",
+    "pack_budget",
+    "pack_call",
 ]
 
-#: Arguments before the per-window ones: call id, config, ttl (ms), now
-#: (high, low, or two empty strings for the server's clock), tokens (high,
-#: low), nano-dollars (high, low), index of the longest window (1-based).
-FIXED_ARGS = 10
-
-#: Arguments per window: duration, token cap, nano-dollar cap, request cap,
-#: each as a pair (an uncapped axis is capped at 2**63 - 1).
-WINDOW_ARGS = 8
+#: Prefix of the stored config: a budget stored in another layout (by an
+#: older version) has another config and is refused, never misread.
+LAYOUT_TAG = "v2:"
 
 PAIR_BASE = 10**9
+
+_CALL = struct.Struct("<7d")
 
 
 def encode_pair(value: int) -> tuple[int, int]:
@@ -70,15 +80,53 @@ def encode_pair(value: int) -> tuple[int, int]:
     return divmod(value, PAIR_BASE)
 
 
-_PRELUDE = r"""
+def pack_budget(
+    expire_ms: int, renew_ms: int, longest: int, windows: list[tuple[int, ...]]
+) -> bytes:
+    """Pack what is fixed for a budget: the tail of every call's argument string.
+
+    ``expire_ms`` is the expiry set on the key, ``renew_ms`` how much of it
+    must be left for a call not to set it again, ``longest`` the 0-based
+    index of the longest window; each window is (duration ns, token cap,
+    nano-dollar cap, request cap), all ints below 2**63.
+    """
+    values: list[int] = [expire_ms, renew_ms, longest + 1]
+    for window in windows:
+        for value in window:
+            values.extend(encode_pair(value))
+    return struct.pack(f"<{len(values)}d", *values)
+
+
+def pack_call(now_ns: int | None, tokens: int, nanos: int, budget: bytes) -> bytes:
+    """Pack one call's time (None: the server's clock) and amounts before ``budget``."""
+    tok_high, tok_low = divmod(tokens, PAIR_BASE)
+    nanos_high, nanos_low = divmod(nanos, PAIR_BASE)
+    if now_ns is None:
+        head = _CALL.pack(0, 0, 0, tok_high, tok_low, nanos_high, nanos_low)
+    else:
+        now_high, now_low = divmod(now_ns, PAIR_BASE)
+        head = _CALL.pack(
+            1, now_high, now_low, tok_high, tok_low, nanos_high, nanos_low
+        )
+    return head + budget
+
+
+# The state, loaded with the call id's sequence number in the same read.
+_LOAD = r"""
 local key = KEYS[1]
 local call_id = ARGV[1]
-local config = ARGV[2]
+local stored = redis.call('HMGET', key, 's', 'c', 'x', 'i' .. call_id)
+"""
+
+_PRELUDE = r"""
+local fresh = not stored[1]
+if not fresh and stored[2] ~= ARGV[2] then
+  return redis.error_reply('LBWCONFIG ' .. tostring(stored[2]))
+end
+
 local B = 1000000000
 local MOD_HI = 10000000000
 local MAX_H, MAX_L = 9223372036, 854775807
-local nw = (#ARGV - 10) / 8
-local longest = tonumber(ARGV[10])
 
 local function add(ah, al, bh, bl)
   local l = al + bl
@@ -134,60 +182,74 @@ local function read_both(seq)
   return v[1], v[2]
 end
 
-local amt_h = {tonumber(ARGV[6]), tonumber(ARGV[8]), 0}
-local amt_l = {tonumber(ARGV[7]), tonumber(ARGV[9]), 1}
-local dur_h, dur_l, cap_h, cap_l = {}, {}, {}, {}
-for w = 1, nw do
-  local o = 10 + (w - 1) * 8
-  dur_h[w], dur_l[w] = tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2])
-  cap_h[w] = {tonumber(ARGV[o + 3]), tonumber(ARGV[o + 5]), tonumber(ARGV[o + 7])}
-  cap_l[w] = {tonumber(ARGV[o + 4]), tonumber(ARGV[o + 6]), tonumber(ARGV[o + 8])}
+-- P: the arguments. 1: whether now is given, 2-3: now, 4-5: tokens, 6-7:
+-- nano-dollars, 8: the expiry (ms), 9: the expiry left (ms) below which it
+-- is pushed out again, 10: the longest window (1-based); then per window
+-- (from PW + 8 * (w - 1)) duration, token, nano-dollar and request caps.
+local P = {struct.unpack('<' .. string.rep('d', #ARGV[3] / 8), ARGV[3])}
+local PW = 10
+local nw = (#ARGV[3] / 8 - PW) / 8
+local longest = P[10]
+local amt_h = {P[4], P[6], 0}
+local amt_l = {P[5], P[7], 1}
+
+-- S: the state. 1-2: the latest time, 3: the next sequence number, 4-5 and
+-- 6-7: the prefix sums of tokens and nano-dollars, 8: the server time (ms)
+-- the expiry reaches; then per window (from G + W * (w - 1)) its head, the
+-- prefix sums before it (2 pairs), the time of its oldest record.
+local G, W = 8, 7
+local ns = G + W * nw
+local fmt = '<' .. string.rep('d', ns)
+local S
+if fresh then
+  S = {}
+  for i = 1, ns do S[i] = 0 end
+else
+  S = {struct.unpack(fmt, stored[1])}
 end
 
--- Load the state. The prefix sums (tt, tn) and every correction sum (ct, cn
--- globally, gt, gn per window) are pairs modulo 10**19.
-local G, W = 12, 11
-local fmt = '<' .. string.rep('d', G + W * nw)
-local stored = redis.call('HMGET', key, 's', 'c')
-local fresh = not stored[1]
-local latest_h, latest_l
-local nxt, tt_h, tt_l, tn_h, tn_l = 0, 0, 0, 0, 0
-local ct_h, ct_l, cn_h, cn_l, released = 0, 0, 0, 0, 0
-local head, bt_h, bt_l, bn_h, bn_l = {}, {}, {}, {}, {}
-local gt_h, gt_l, gn_h, gn_l, gone_released, marked = {}, {}, {}, {}, {}, {}
-if fresh then
-  for w = 1, nw do
-    head[w], bt_h[w], bt_l[w], bn_h[w], bn_l[w] = 0, 0, 0, 0, 0
-    gt_h[w], gt_l[w], gn_h[w], gn_l[w], gone_released[w], marked[w] =
-      0, 0, 0, 0, 0, 0
+-- X: the corrections, false while there are none. 1-2 and 3-4: the sums of
+-- every correction, 5: the released records; then per window (from XG + XW
+-- * (w - 1)) the corrections it has evicted (2 pairs), the releases it has
+-- evicted, how many of its records carry a correction.
+local XG, XW = 5, 6
+local nx = XG + XW * nw
+local xfmt = '<' .. string.rep('d', nx)
+local had_x = stored[3] and true or false
+local X = false
+if had_x then X = {struct.unpack(xfmt, stored[3])} end
+local x_dirty = false
+
+local function ensure_x()
+  if not X then
+    X = {}
+    for i = 1, nx do X[i] = 0 end
   end
-else
-  if stored[2] ~= config then
-    return redis.error_reply('LBWCONFIG ' .. tostring(stored[2]))
-  end
-  local s = {struct.unpack(fmt, stored[1])}
-  latest_h, latest_l, nxt = s[1], s[2], s[3]
-  tt_h, tt_l, tn_h, tn_l = s[4], s[5], s[6], s[7]
-  ct_h, ct_l, cn_h, cn_l, released = s[8], s[9], s[10], s[11], s[12]
-  for w = 1, nw do
-    local o = G + (w - 1) * W
-    head[w], bt_h[w], bt_l[w], bn_h[w], bn_l[w] =
-      s[o + 1], s[o + 2], s[o + 3], s[o + 4], s[o + 5]
-    gt_h[w], gt_l[w], gn_h[w], gn_l[w], gone_released[w], marked[w] =
-      s[o + 6], s[o + 7], s[o + 8], s[o + 9], s[o + 10], s[o + 11]
-  end
+  x_dirty = true
 end
-local now_h, now_l
+
+local function marked(w)
+  if X then return X[XG + XW * (w - 1) + 6] end
+  return 0
+end
+
+local now_h, now_l, real_ms
 
 -- A window's sums per axis (tokens, nano-dollars, requests), as pairs.
 local function sums(w)
-  local th, tl = sub_mod(tt_h, tt_l, bt_h[w], bt_l[w])
-  local xh, xl = sub_mod(ct_h, ct_l, gt_h[w], gt_l[w])
-  th, tl = add_mod(th, tl, xh, xl)
-  local nh, nl = sub_mod(tn_h, tn_l, bn_h[w], bn_l[w])
-  xh, xl = sub_mod(cn_h, cn_l, gn_h[w], gn_l[w])
-  nh, nl = add_mod(nh, nl, xh, xl)
-  local rh, rl = split(nxt - head[w] - (released - gone_released[w]))
+  local o = G + W * (w - 1)
+  local th, tl = sub_mod(S[4], S[5], S[o + 2], S[o + 3])
+  local nh, nl = sub_mod(S[6], S[7], S[o + 4], S[o + 5])
+  local r = S[3] - S[o + 1]
+  if X then
+    local q = XG + XW * (w - 1)
+    local xh, xl = sub_mod(X[1], X[2], X[q + 1], X[q + 2])
+    th, tl = add_mod(th, tl, xh, xl)
+    xh, xl = sub_mod(X[3], X[4], X[q + 3], X[q + 4])
+    nh, nl = add_mod(nh, nl, xh, xl)
+    r = r - (X[5] - X[q + 5])
+  end
+  local rh, rl = split(r)
   return {th, nh, rh}, {tl, nl, rl}
 end
 
@@ -195,9 +257,10 @@ end
 local function find_problem()
   for w = 1, nw do
     local sh, sl = sums(w)
+    local p = PW + 8 * (w - 1)
     for a = 1, 3 do
       local th, tl = add(sh[a], sl[a], amt_h[a], amt_l[a])
-      if less(cap_h[w][a], cap_l[w][a], th, tl) then
+      if less(P[p + 2 * a + 1], P[p + 2 * a + 2], th, tl) then
         return w, a, sh[a], sl[a]
       end
     end
@@ -208,12 +271,13 @@ end
 -- Whether records head..seq of window w hold at least the excess eh/el.
 -- Exact only while window w holds no corrected record.
 local function covers(w, seq, eh, el)
+  local o = G + W * (w - 1)
   local _, _, pt_h, pt_l, pn_h, pn_l = struct.unpack('<dddddd', read(seq))
-  local ph, pl = sub_mod(pt_h, pt_l, bt_h[w], bt_l[w])
+  local ph, pl = sub_mod(pt_h, pt_l, S[o + 2], S[o + 3])
   if less(ph, pl, eh[1], el[1]) then return false end
-  ph, pl = sub_mod(pn_h, pn_l, bn_h[w], bn_l[w])
+  ph, pl = sub_mod(pn_h, pn_l, S[o + 4], S[o + 5])
   if less(ph, pl, eh[2], el[2]) then return false end
-  ph, pl = split(seq - head[w] + 1)
+  ph, pl = split(seq - S[o + 1] + 1)
   return not less(ph, pl, eh[3], el[3])
 end
 
@@ -227,8 +291,9 @@ end
 -- corrected record. A tree of corrections would avoid it, at the price of
 -- many more writes per settle.
 local function walk(w, eh, el)
-  local pt_h, pt_l, pn_h, pn_l = bt_h[w], bt_l[w], bn_h[w], bn_l[w]
-  for seq = head[w], nxt - 1 do
+  local o = G + W * (w - 1)
+  local pt_h, pt_l, pn_h, pn_l = S[o + 2], S[o + 3], S[o + 4], S[o + 5]
+  for seq = S[o + 1], S[3] - 1 do
     local rec, delta = read_both(seq)
     local _, _, qt_h, qt_l, qn_h, qn_l = struct.unpack('<dddddd', rec)
     local th, tl = sub_mod(qt_h, qt_l, pt_h, pt_l)
@@ -251,43 +316,45 @@ local function walk(w, eh, el)
       end
     end
   end
-  return nxt - 1
+  return S[3] - 1
 end
 
 -- Nanoseconds until the request fits every window: never, high, low.
 local function wait_ns()
   for w = 1, nw do
+    local p = PW + 8 * (w - 1)
     for a = 1, 3 do
-      if less(cap_h[w][a], cap_l[w][a], amt_h[a], amt_l[a]) then
+      if less(P[p + 2 * a + 1], P[p + 2 * a + 2], amt_h[a], amt_l[a]) then
         return 1, 0, 0
       end
     end
   end
   local uh, ul = now_h, now_l
   for w = 1, nw do
+    local p = PW + 8 * (w - 1)
     local sh, sl = sums(w)
     local eh, el, over = {}, {}, false
     for a = 1, 3 do
       local th, tl = add(sh[a], sl[a], amt_h[a], amt_l[a])
-      eh[a], el[a] = sub(th, tl, cap_h[w][a], cap_l[w][a])
+      eh[a], el[a] = sub(th, tl, P[p + 2 * a + 1], P[p + 2 * a + 2])
       if positive(eh[a], el[a]) then over = true end
     end
     if over then
       local lo
-      if marked[w] > 0 then
+      if marked(w) > 0 then
         lo = walk(w, eh, el)
       else
         -- Prefix sums only grow, so the first record whose departure makes
         -- room is found by bisection.
         local hi
-        lo, hi = head[w], nxt - 1
+        lo, hi = S[G + W * (w - 1) + 1], S[3] - 1
         while lo < hi do
           local mid = math.floor((lo + hi) / 2)
           if covers(w, mid, eh, el) then hi = mid else lo = mid + 1 end
         end
       end
       local t_h, t_l = struct.unpack('<dd', read(lo))
-      t_h, t_l = add(t_h, t_l, dur_h[w], dur_l[w])
+      t_h, t_l = add(t_h, t_l, P[p + 1], P[p + 2])
       if less(uh, ul, t_h, t_l) then uh, ul = t_h, t_l end
     end
   end
@@ -295,72 +362,109 @@ local function wait_ns()
   return 0, wh, wl
 end
 
--- Write the state back (with any extra fields); push the expiry out if told.
-local function save(extra, expire)
-  local v = {now_h, now_l, nxt, tt_h, tt_l, tn_h, tn_l,
-             ct_h, ct_l, cn_h, cn_l, released}
+-- Whether every window has evicted every correction made: then they cancel
+-- out and are the same as none.
+local function corrections_cancel()
   for w = 1, nw do
-    local o = G + (w - 1) * W
-    v[o + 1], v[o + 2], v[o + 3], v[o + 4], v[o + 5] =
-      head[w], bt_h[w], bt_l[w], bn_h[w], bn_l[w]
-    v[o + 6], v[o + 7], v[o + 8], v[o + 9], v[o + 10], v[o + 11] =
-      gt_h[w], gt_l[w], gn_h[w], gn_l[w], gone_released[w], marked[w]
+    local q = XG + XW * (w - 1)
+    if X[q + 1] ~= X[1] or X[q + 2] ~= X[2] or X[q + 3] ~= X[3]
+        or X[q + 4] ~= X[4] or X[q + 5] ~= X[5] or X[q + 6] ~= 0 then
+      return false
+    end
   end
-  local args = {'s', struct.pack(fmt, unpack(v))}
+  return true
+end
+
+-- Write the state back (with any extra fields). With expire, make sure the
+-- key lives at least P[9] ms more: push its expiry out to P[8] ms when less
+-- is left, so that it is set once per P[8] - P[9] ms, not on every call.
+-- Without the server's clock (a call passing now) it is always set.
+local function save(extra, expire)
+  local renew = false
+  if expire then
+    if not real_ms then
+      renew, S[8] = true, 0
+    elseif S[8] < real_ms + P[9] then
+      renew, S[8] = true, real_ms + P[8]
+    end
+  end
+  S[1], S[2] = now_h, now_l
+  local args = {'s', struct.pack(fmt, unpack(S, 1, ns))}
   if fresh then
     args[#args + 1] = 'c'
-    args[#args + 1] = config
+    args[#args + 1] = ARGV[2]
+  end
+  if x_dirty then
+    if corrections_cancel() then
+      if had_x then redis.call('HDEL', key, 'x') end
+    else
+      args[#args + 1] = 'x'
+      args[#args + 1] = struct.pack(xfmt, unpack(X, 1, nx))
+    end
   end
   for i = 1, #extra do args[#args + 1] = extra[i] end
   redis.call('HSET', key, unpack(args))
-  if expire then redis.call('PEXPIRE', key, ARGV[3]) end
+  if renew then redis.call('PEXPIRE', key, P[8]) end
 end
 """
 
 _ADVANCE = r"""
 -- The time of this call: never before the latest time seen.
-if ARGV[4] == '' then
+if P[1] == 0 then
   local t = redis.call('TIME')
-  now_h, now_l = tonumber(t[1]), tonumber(t[2]) * 1000
+  local seconds, micros = tonumber(t[1]), tonumber(t[2])
+  now_h, now_l = seconds, micros * 1000
+  real_ms = seconds * 1000 + math.floor(micros / 1000)
 else
-  now_h, now_l = tonumber(ARGV[4]), tonumber(ARGV[5])
+  now_h, now_l = P[2], P[3]
 end
-if latest_h and less(now_h, now_l, latest_h, latest_l) then
-  now_h, now_l = latest_h, latest_l
+if not fresh and less(now_h, now_l, S[1], S[2]) then
+  now_h, now_l = S[1], S[2]
 end
 
--- Evict: a record at t leaves a window of length d once t + d <= now.
--- Records that leave the longest window have left every window; they are
--- deleted after the loop, because a shorter window may still walk past them.
+-- Evict: a record at t leaves a window of length d once t + d <= now. The
+-- state holds each window's oldest time, so records are read only when one
+-- leaves. Records that leave the longest window have left every window;
+-- they are deleted after the loop, because a shorter window may still walk
+-- past them.
 local dead = {}
 for w = 1, nw do
-  local cut_h, cut_l = sub(now_h, now_l, dur_h[w], dur_l[w])
-  local seq = head[w]
-  while seq < nxt do
-    local rec, delta
-    if marked[w] > 0 then
-      rec, delta = read_both(seq)
-    else
-      rec = read(seq)
+  local o = G + W * (w - 1)
+  local seq = S[o + 1]
+  local p = PW + 8 * (w - 1)
+  local cut_h, cut_l = sub(now_h, now_l, P[p + 1], P[p + 2])
+  if seq < S[3] and not less(cut_h, cut_l, S[o + 6], S[o + 7]) then
+    local q = XG + XW * (w - 1)
+    while seq < S[3] do
+      local rec, delta
+      if X and X[q + 6] > 0 then
+        rec, delta = read_both(seq)
+      else
+        rec = read(seq)
+      end
+      local t_h, t_l, pt_h, pt_l, pn_h, pn_l = struct.unpack('<dddddd', rec)
+      if less(cut_h, cut_l, t_h, t_l) then
+        S[o + 6], S[o + 7] = t_h, t_l
+        break
+      end
+      S[o + 2], S[o + 3], S[o + 4], S[o + 5] = pt_h, pt_l, pn_h, pn_l
+      if delta then
+        local dth, dtl, dnh, dnl, r = struct.unpack('<ddddd', delta)
+        X[q + 1], X[q + 2] = add_mod(X[q + 1], X[q + 2], dth, dtl)
+        X[q + 3], X[q + 4] = add_mod(X[q + 3], X[q + 4], dnh, dnl)
+        X[q + 5] = X[q + 5] + r
+        X[q + 6] = X[q + 6] - 1
+        x_dirty = true
+        if w == longest then dead[#dead + 1] = 'd' .. seq end
+      end
+      if w == longest then
+        dead[#dead + 1] = seq
+        if #rec > 48 then dead[#dead + 1] = 'i' .. string.sub(rec, 49) end
+      end
+      seq = seq + 1
     end
-    local t_h, t_l, pt_h, pt_l, pn_h, pn_l = struct.unpack('<dddddd', rec)
-    if less(cut_h, cut_l, t_h, t_l) then break end
-    bt_h[w], bt_l[w], bn_h[w], bn_l[w] = pt_h, pt_l, pn_h, pn_l
-    if delta then
-      local dth, dtl, dnh, dnl, r = struct.unpack('<ddddd', delta)
-      gt_h[w], gt_l[w] = add_mod(gt_h[w], gt_l[w], dth, dtl)
-      gn_h[w], gn_l[w] = add_mod(gn_h[w], gn_l[w], dnh, dnl)
-      gone_released[w] = gone_released[w] + r
-      marked[w] = marked[w] - 1
-      if w == longest then dead[#dead + 1] = 'd' .. seq end
-    end
-    if w == longest then
-      dead[#dead + 1] = seq
-      if #rec > 48 then dead[#dead + 1] = 'i' .. string.sub(rec, 49) end
-    end
-    seq = seq + 1
+    S[o + 1] = seq
   end
-  head[w] = seq
 end
 for i = 1, #dead, 4000 do
   redis.call('HDEL', key, unpack(dead, i, math.min(i + 3999, #dead)))
@@ -368,9 +472,7 @@ end
 """
 
 _DEDUPE = r"""
-if redis.call('HEXISTS', KEYS[1], 'i' .. ARGV[1]) == 1 then
-  return {0}
-end
+if stored[4] then return {0} end
 """
 
 _DECIDE = r"""
@@ -383,12 +485,16 @@ end
 """
 
 _COMMIT = r"""
-local ch, cl = add_mod(tt_h, tt_l, amt_h[1], amt_l[1])
-local nh, nl = add_mod(tn_h, tn_l, amt_h[2], amt_l[2])
+local ch, cl = add_mod(S[4], S[5], amt_h[1], amt_l[1])
+local nh, nl = add_mod(S[6], S[7], amt_h[2], amt_l[2])
 local rec = struct.pack('<dddddd', now_h, now_l, ch, cl, nh, nl) .. call_id
-tt_h, tt_l, tn_h, tn_l = ch, cl, nh, nl
-local seq = nxt
-nxt = nxt + 1
+S[4], S[5], S[6], S[7] = ch, cl, nh, nl
+local seq = S[3]
+for w = 1, nw do
+  local o = G + W * (w - 1)
+  if S[o + 1] == seq then S[o + 6], S[o + 7] = now_h, now_l end
+end
+S[3] = seq + 1
 save({seq, rec, 'i' .. call_id, seq}, true)
 return {0}
 """
@@ -397,21 +503,22 @@ return {0}
 # call id that is gone (the record left the longest window, or the budget
 # was reset or expired) makes the correction a no-op.
 _FIND_RESERVED = r"""
-local found = redis.call('HGET', KEYS[1], 'i' .. ARGV[1])
+local found = stored[4]
 if not found then return {0} end
 """
 
 _CORRECT = r"""
 local seq = tonumber(found)
-if fresh or seq < head[longest] or seq >= nxt then return {0} end
-now_h, now_l = latest_h, latest_l
+local lo = G + W * (longest - 1)
+if fresh or seq < S[lo + 1] or seq >= S[3] then return {0} end
+now_h, now_l = S[1], S[2]
 
 -- The committed amounts: this record's prefix sums minus the previous one's.
 local rec, delta = read_both(seq)
 local _, _, pt_h, pt_l, pn_h, pn_l = struct.unpack('<dddddd', rec)
 local qt_h, qt_l, qn_h, qn_l
-if seq == head[longest] then
-  qt_h, qt_l, qn_h, qn_l = bt_h[longest], bt_l[longest], bn_h[longest], bn_l[longest]
+if seq == S[lo + 1] then
+  qt_h, qt_l, qn_h, qn_l = S[lo + 2], S[lo + 3], S[lo + 4], S[lo + 5]
 else
   local _, _, a1, a2, a3, a4 = struct.unpack('<dddddd', read(seq - 1))
   qt_h, qt_l, qn_h, qn_l = a1, a2, a3, a4
@@ -438,7 +545,7 @@ if not releasing then
   local old_h, old_l = {old_th, old_nh}, {old_tl, old_nl}
   local new_h, new_l = {new_th, new_nh}, {new_tl, new_nl}
   for w = 1, nw do
-    if head[w] <= seq then
+    if S[G + W * (w - 1) + 1] <= seq then
       local sh, sl = sums(w)
       for a = 1, 2 do
         local limit_h, limit_l = add(MAX_H, MAX_L, old_h[a], old_l[a])
@@ -457,22 +564,24 @@ local en_h, en_l = sub_mod(new_nh, new_nl, on_h, on_l)
 local xt_h, xt_l = sub_mod(et_h, et_l, dt_h, dt_l)
 local xn_h, xn_l = sub_mod(en_h, en_l, dn_h, dn_l)
 local xr = now_released - was_released
-ct_h, ct_l = add_mod(ct_h, ct_l, xt_h, xt_l)
-cn_h, cn_l = add_mod(cn_h, cn_l, xn_h, xn_l)
-released = released + xr
+ensure_x()
+X[1], X[2] = add_mod(X[1], X[2], xt_h, xt_l)
+X[3], X[4] = add_mod(X[3], X[4], xn_h, xn_l)
+X[5] = X[5] + xr
 
 local had = delta and true or false
 local has = now_released == 1 or positive(et_h, et_l) or positive(en_h, en_l)
 for w = 1, nw do
-  if head[w] > seq then
+  local q = XG + XW * (w - 1)
+  if S[G + W * (w - 1) + 1] > seq then
     -- Evicted already: its sums must not move.
-    gt_h[w], gt_l[w] = add_mod(gt_h[w], gt_l[w], xt_h, xt_l)
-    gn_h[w], gn_l[w] = add_mod(gn_h[w], gn_l[w], xn_h, xn_l)
-    gone_released[w] = gone_released[w] + xr
+    X[q + 1], X[q + 2] = add_mod(X[q + 1], X[q + 2], xt_h, xt_l)
+    X[q + 3], X[q + 4] = add_mod(X[q + 3], X[q + 4], xn_h, xn_l)
+    X[q + 5] = X[q + 5] + xr
   elseif has and not had then
-    marked[w] = marked[w] + 1
+    X[q + 6] = X[q + 6] + 1
   elseif had and not has then
-    marked[w] = marked[w] - 1
+    X[q + 6] = X[q + 6] - 1
   end
 end
 
@@ -488,21 +597,23 @@ return {0}
 #: Record the call if it fits: ``{0}``, else commit nothing and answer
 #: ``{1, window, axis, used_high, used_low, never, wait_high, wait_low}``.
 #: A reservation is such a record; its call id finds it again.
-TRY_RECORD = _DEDUPE + _PRELUDE + _ADVANCE + _DECIDE + _COMMIT
+TRY_RECORD = _LOAD + _DEDUPE + _PRELUDE + _ADVANCE + _DECIDE + _COMMIT
 
 #: Answer like TRY_RECORD, committing nothing.
-CHECK = _PRELUDE + _ADVANCE + _DECIDE + "save({}, true)\nreturn {0}\n"
+CHECK = _LOAD + _PRELUDE + _ADVANCE + _DECIDE + "save({}, true)\nreturn {0}\n"
 
 #: ``{never, wait_high, wait_low}``: nanoseconds until the request fits.
 RETRY_AFTER = (
-    _PRELUDE
+    _LOAD
+    + _PRELUDE
     + _ADVANCE
     + "local n, h, l = wait_ns()\nsave({}, true)\nreturn {n, h, l}\n"
 )
 
 #: Per window: ``tokens_high, tokens_low, nanos_high, nanos_low, requests``.
 SNAPSHOT = (
-    _PRELUDE
+    _LOAD
+    + _PRELUDE
     + _ADVANCE
     + r"""
 local out = {}
@@ -523,8 +634,8 @@ return out
 #: that still holds it, at its original time; no time passes and nothing is
 #: evicted. ``{0}``, or ``{1, window, axis}`` (nothing changed) when a sum
 #: would pass 2**63 - 1. Setting absolute amounts makes a repeat harmless.
-SETTLE = _FIND_RESERVED + _PRELUDE + "local releasing = false\n" + _CORRECT
+SETTLE = _LOAD + _FIND_RESERVED + _PRELUDE + "local releasing = false\n" + _CORRECT
 
 #: Remove the call committed under this call id from every window that
 #: still holds it, the requests axis included: ``{0}``. Idempotent.
-RELEASE = _FIND_RESERVED + _PRELUDE + "local releasing = true\n" + _CORRECT
+RELEASE = _LOAD + _FIND_RESERVED + _PRELUDE + "local releasing = true\n" + _CORRECT

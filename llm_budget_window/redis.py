@@ -92,9 +92,9 @@ class _RedisBudgetBase:
         "_name",
         "_key",
         "_fail_open",
-        "_window_args",
+        "_budget_args",
         "_config",
-        "_ttl_ms",
+        "_stored_config",
         "_id_prefix",
         "_id_counter",
         "_queue",
@@ -129,21 +129,30 @@ class _RedisBudgetBase:
         durations = [w.duration_ns for w in self._windows]
         longest = durations.index(max(durations))
         self._config = ",".join(str(d) for d in durations)
+        self._stored_config = lua.LAYOUT_TAG + self._config
         # Keys expire once the longest window has passed with no call, in
         # the server's real time. The floor of a minute keeps a budget whose
         # calls pass ``now=`` (a replay, a test) from expiring between two
-        # calls of a short window.
-        self._ttl_ms = max(-(-durations[longest] // 1_000_000), _MIN_TTL_MS)
-        args: list[int] = [longest + 1]
-        for window in self._windows:
-            for value in (
-                window.duration_ns,
-                window.token_cap,
-                window.usd_cap_nanos,
-                window.request_cap,
-            ):
-                args.extend(lua.encode_pair(_INT64_MAX if value is None else value))
-        self._window_args = tuple(args)
+        # calls of a short window. The expiry is set a quarter longer, so
+        # that a call needs to push it out only once per quarter.
+        ttl_ms = max(-(-durations[longest] // 1_000_000), _MIN_TTL_MS)
+        self._budget_args = lua.pack_budget(
+            ttl_ms + ttl_ms // 4,
+            ttl_ms,
+            longest,
+            [
+                tuple(
+                    _INT64_MAX if value is None else value
+                    for value in (
+                        window.duration_ns,
+                        window.token_cap,
+                        window.usd_cap_nanos,
+                        window.request_cap,
+                    )
+                )
+                for window in self._windows
+            ],
+        )
         self._id_prefix = os.urandom(8).hex()
         self._id_counter = itertools.count()
         self._queue = WaitQueue()
@@ -178,19 +187,12 @@ class _RedisBudgetBase:
 
     def _args(
         self, tokens: int, nanos: int, now: Number | None, call_id: str = ""
-    ) -> list[str | int]:
-        if now is None:
-            now_pair: tuple[str | int, str | int] = ("", "")
-        else:
-            now_pair = lua.encode_pair(seconds_to_ns(now, "now"))
+    ) -> list[str | bytes]:
+        now_ns = None if now is None else seconds_to_ns(now, "now")
         return [
             call_id,
-            self._config,
-            self._ttl_ms,
-            *now_pair,
-            *lua.encode_pair(tokens),
-            *lua.encode_pair(nanos),
-            *self._window_args,
+            self._stored_config,
+            lua.pack_call(now_ns, tokens, nanos, self._budget_args),
         ]
 
     def _new_call_id(self) -> str:
@@ -246,6 +248,13 @@ class _RedisBudgetBase:
         message = str(error)
         if isinstance(error, redis.ResponseError) and message.startswith("LBWCONFIG"):
             stored = message.split(" ", 1)[1] if " " in message else "?"
+            if not stored.startswith(lua.LAYOUT_TAG):
+                raise BudgetConfigMismatch(
+                    f"budget {self._name!r} is stored in Redis in the layout of "
+                    "an older version of llm-budget-window, which this version "
+                    "cannot read; reset() it or use another name"
+                ) from error
+            stored = stored[len(lua.LAYOUT_TAG) :]
             raise BudgetConfigMismatch(
                 f"budget {self._name!r} is stored in Redis with window durations "
                 f"[{stored}] ns, but this client declares [{self._config}] ns; "
@@ -323,7 +332,7 @@ class RedisBudgetWindows(_RedisBudgetBase):
         """The redis-py client this budget talks through."""
         return self._client
 
-    def _run(self, script: Script, args: list[str | int]) -> Any:
+    def _run(self, script: Script, args: list[str | bytes]) -> Any:
         # redis-py's Script sends EVALSHA and, after a NOSCRIPT reply (the
         # script cache was flushed), loads the script and sends it again.
         return script(keys=[self._key], args=args)
@@ -527,7 +536,7 @@ class AsyncRedisBudgetWindows(_RedisBudgetBase):
         """The redis-py asyncio client this budget talks through."""
         return self._client
 
-    async def _run(self, script: AsyncScript, args: list[str | int]) -> Any:
+    async def _run(self, script: AsyncScript, args: list[str | bytes]) -> Any:
         return await script(keys=[self._key], args=args)
 
     async def try_record(
@@ -838,7 +847,7 @@ def read_records(client: redis.Redis, key: str) -> list[tuple[int, int, int]]:
     state = fields.get(b"s")
     if state is None:
         return []
-    globals_, per_window = 12, 11
+    globals_, per_window = 8, 7
     count = (len(state) // 8 - globals_) // per_window
     values = struct.unpack(f"<{globals_ + per_window * count}d", state)
     next_seq = int(values[2])

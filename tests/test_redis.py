@@ -381,6 +381,21 @@ def test_other_durations_under_the_same_name_are_refused(
         other.record(1, now=0)
 
 
+def test_budget_stored_by_an_older_version_is_refused_until_reset(
+    redis_client: redis.Redis,
+) -> None:
+    budget = RedisBudgetWindows(redis_client, unique_name(), [Window("w", 60)])
+    # The layout before this one: 12 + 11 doubles and an untagged config.
+    redis_client.hset(
+        budget.key, mapping={"s": struct.pack("<23d", *range(23)), "c": "60000000000"}
+    )
+    with pytest.raises(BudgetConfigMismatch, match="layout of an older version"):
+        budget.record(1, now=0)
+    budget.reset()
+    budget.record(1, now=0)
+    assert used(budget, 0) == [(1, 0.0, 1)]
+
+
 def test_clients_with_other_caps_share_the_sums(make_budget: Factory) -> None:
     name = unique_name()
     loose = make_budget([Window("w", 60, token_cap=100)], name=name)
@@ -454,7 +469,7 @@ def test_random_operations_give_the_pure_python_engines_answers(
 # -- the stored records ----------------------------------------------------
 
 
-def test_key_carries_the_name_as_a_hash_tag_and_expires_after_the_longest_window(
+def test_key_is_tagged_by_the_name_and_outlives_the_longest_window_by_a_quarter(
     redis_client: redis.Redis,
 ) -> None:
     name = unique_name()
@@ -464,7 +479,28 @@ def test_key_carries_the_name_as_a_hash_tag_and_expires_after_the_longest_window
     budget.record(1, now=0)
     assert budget.key == f"llm-budget-window:{{{name}}}"
     assert redis_client.keys(f"*{name}*") == [budget.key.encode()]
-    assert 0 < redis_client.pttl(budget.key) <= 90_000
+    assert 90_000 < redis_client.pttl(budget.key) <= 112_500
+
+
+def test_calls_on_the_server_clock_push_the_expiry_out_once_per_quarter_window(
+    redis_client: redis.Redis,
+) -> None:
+    budget = RedisBudgetWindows(redis_client, unique_name(), [Window("w", 60)])
+    before = _command_counts(redis_client)["pexpire"]
+    for _ in range(50):
+        budget.record(1)
+    assert _command_counts(redis_client)["pexpire"] - before == 1
+    assert 60_000 < redis_client.pttl(budget.key) <= 75_000
+
+
+def test_calls_passing_now_push_the_expiry_out_every_time(
+    redis_client: redis.Redis,
+) -> None:
+    budget = RedisBudgetWindows(redis_client, unique_name(), [Window("w", 60)])
+    before = _command_counts(redis_client)["pexpire"]
+    for at in range(5):
+        budget.record(1, now=at)
+    assert _command_counts(redis_client)["pexpire"] - before == 5
 
 
 def test_a_call_sent_twice_is_committed_once(redis_client: redis.Redis) -> None:

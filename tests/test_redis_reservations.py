@@ -137,8 +137,9 @@ def test_settled_record_carries_one_correction_field(
 
     reservation.settle(250, "0.05")
 
-    # The state, the config, the record, its call id and its correction.
-    assert redis_client.hlen(budget.key) == 5
+    # The state, the config, the corrections held, the record, its call id
+    # and its correction.
+    assert redis_client.hlen(budget.key) == 6
     assert read_records(redis_client, budget.key) == [(0, 250, 50_000_000)]
 
 
@@ -468,8 +469,9 @@ def test_refusal_bisects_while_the_window_holds_no_corrected_record(
 
     reads = _refusal_reads(budget, Decimal(4_096) / 100)
 
-    # One read to find nothing to evict, then log2(4,096) + 1 probes.
-    assert (reads["hget"], reads["hmget"]) == (1 + 12 + 1, 1)
+    # Nothing to evict, known from the state alone: log2(4,096) probes,
+    # then the time of the record found.
+    assert (reads["hget"], reads["hmget"]) == (12 + 1, 1)
 
 
 def test_refusal_walks_from_the_oldest_record_while_the_window_holds_a_correction(
@@ -487,7 +489,7 @@ def test_refusal_walks_from_the_oldest_record_while_the_window_holds_a_correctio
 
     # 12,288 used; 5 more needs the records of t=0 (2 tokens) and t=0.01
     # (3 tokens) to leave: the walk reads those two and stops.
-    assert (reads["hget"], reads["hmget"]) == (1, 1 + 1 + 2)
+    assert (reads["hget"], reads["hmget"]) == (1, 1 + 2)
 
 
 def test_window_bisects_again_once_its_corrected_records_have_aged_out(
@@ -504,8 +506,8 @@ def test_window_bisects_again_once_its_corrected_records_have_aged_out(
     reads = _refusal_reads(budget, Decimal(111))
 
     # Both corrected records left at t=100; the window holds 1,024 plain
-    # records: one read to find nothing to evict, then log2(1,024) + 1.
-    assert (reads["hget"], reads["hmget"]) == (1 + 10 + 1, 1)
+    # records: nothing to evict, then log2(1,024) probes and one read.
+    assert (reads["hget"], reads["hmget"]) == (10 + 1, 1)
 
 
 # -- many processes --------------------------------------------------------------
