@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from ._reservation import Reservation
 from ._types import (
@@ -91,6 +92,20 @@ class BudgetWindows:
         self._sums = [[0, 0, 0] for _ in self._windows]
         self._latest: int | None = None
         self._queue = WaitQueue()
+
+    if not TYPE_CHECKING:  # hidden from type checkers, which it would blind
+
+        def __getattr__(self, name):
+            # Reached only for a slot that was never set, which means __init__
+            # never ran; the compiled engine raises the same error.
+            if name in BudgetWindows.__slots__:
+                raise RuntimeError(
+                    f"{type(self).__name__}.__init__ was never called, so the "
+                    "budget has no windows (a subclass must call super().__init__)"
+                )
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}"
+            )
 
     @property
     def windows(self) -> tuple[Window, ...]:

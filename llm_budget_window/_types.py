@@ -121,7 +121,8 @@ def _exact_decimal(number: Decimal, value: object, name: str) -> Fraction | int:
         return 0
     adjusted = number.adjusted()
     if adjusted > _LARGEST_ADJUSTED:
-        return -(10**_LARGEST_ADJUSTED) if number.is_signed() else 10**_LARGEST_ADJUSTED
+        beyond: int = 10**_LARGEST_ADJUSTED
+        return -beyond if number.is_signed() else beyond
     if adjusted < _SMALLEST_ADJUSTED:
         return Fraction(-1 if number.is_signed() else 1, 10**-_SMALLEST_ADJUSTED)
     return Fraction(number)

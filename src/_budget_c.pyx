@@ -29,12 +29,12 @@ from llm_budget_window._types import (
     WindowBreached,
     make_breach,
     make_snapshot,
-    ns_to_seconds,
     overflow_error,
     seconds_to_ns,
     to_tokens,
     usd_to_nanos,
     validate_windows,
+    wait_to_seconds,
 )
 from llm_budget_window._waiting import (
     AsyncReservation,
@@ -54,8 +54,8 @@ cdef int64_t MAX_AMOUNT = 1 << 62
 cdef int64_t NANOS_PER_UNIT = 1000000000
 # The largest whole number of dollars or seconds whose billionths stay below 2**62.
 cdef int64_t MAX_WHOLE_UNITS = ((1 << 62) - 1) // 1000000000
-# Below 2**53 an int64 converts to double exactly.
-cdef int64_t EXACT_DOUBLE_INT = 1 << 53
+# Below 2**52 ns, ns / 1e9 converts back to exactly ns (see wait_to_seconds).
+cdef int64_t FLOAT_EXACT_NS = 1 << 52
 
 
 # -- the ring, in C ------------------------------------------------------------
@@ -390,12 +390,12 @@ cdef inline int64_t seconds_arg(object seconds, str name) except? -1:
     return seconds_to_ns(seconds, name)
 
 
-cdef inline object seconds_from_ns(int64_t ns):
+cdef inline object wait_from_ns(int64_t ns):
     if ns < 0:
         return float("inf")
-    if ns < EXACT_DOUBLE_INT:
+    if ns < FLOAT_EXACT_NS:
         return <double> ns / 1e9
-    return ns_to_seconds(ns)
+    return wait_to_seconds(ns)
 
 
 # -- the Python class -------------------------------------------------------------
@@ -474,7 +474,18 @@ cdef class BudgetWindows:
 
     # -- steps --------------------------------------------------------------
 
+    cdef int _require_init(self) except -1:
+        if self.ring.windows == NULL:
+            raise RuntimeError(
+                f"{type(self).__name__}.__init__ was never called, so the budget "
+                "has no windows (a subclass must call super().__init__)"
+            )
+        return 0
+
     cdef int64_t _now(self, object now) except? -1:
+        # Every operation that takes a time reads it first, so this is where a
+        # budget whose __init__ never ran is stopped before the ring is used.
+        self._require_init()
         if now is None:
             if self.clock is None:
                 return monotonic_ns()
@@ -565,7 +576,7 @@ cdef class BudgetWindows:
         with self.lock:
             at = ring_advance(&self.ring, at)
             wait = ring_wait_ns(&self.ring, tok, nanos, at)
-        return seconds_from_ns(wait)
+        return wait_from_ns(wait)
 
     def snapshot(self, *, now=None):
         """Return each window's use, in declaration order."""
@@ -591,6 +602,7 @@ cdef class BudgetWindows:
 
     def reset(self):
         """Forget every record and the latest time seen, in every window."""
+        self._require_init()
         with self.lock:
             ring_clear(&self.ring)
         self._queue.poke()
@@ -615,6 +627,7 @@ cdef class BudgetWindows:
     def _settle(self, uint64_t seq, int64_t tokens, int64_t nanos):
         cdef Problem problem
         cdef int rc
+        self._require_init()
         with self.lock:
             rc = ring_settle(&self.ring, seq, tokens, nanos, &problem)
         if rc == PROBLEM:
@@ -622,6 +635,7 @@ cdef class BudgetWindows:
         self._queue.poke()
 
     def _release(self, uint64_t seq):
+        self._require_init()
         with self.lock:
             ring_release(&self.ring, seq)
         self._queue.poke()
@@ -658,6 +672,7 @@ cdef class BudgetWindows:
 
     def _allocated_bytes(self):
         """Return the bytes the ring and window states hold (for benchmarks)."""
+        self._require_init()
         with self.lock:
             return ((self.ring.mask + 1) * sizeof(Record)
                     + self.ring.n_windows * sizeof(WindowState))

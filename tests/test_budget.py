@@ -916,6 +916,39 @@ def test_budget_repr_lists_its_windows(make_budget: BudgetFactory) -> None:
     assert repr(budget) == "BudgetWindows([Window('w', duration=60.0, token_cap=10)])"
 
 
+SKIPPED_INIT = (
+    "Skipping.__init__ was never called, so the budget has no windows "
+    "(a subclass must call super().__init__)"
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "args"),
+    [
+        ("record", (1,)),
+        ("try_record", (1,)),
+        ("check", (1,)),
+        ("retry_after", (1,)),
+        ("reserve", (1,)),
+        ("snapshot", ()),
+        ("reset", ()),
+    ],
+)
+def test_subclass_that_skips_init_raises_runtime_error_on_use(
+    make_budget: BudgetFactory, method: str, args: tuple[int, ...]
+) -> None:
+    engine = type(make_budget([Window("w", 60)]))
+
+    class Skipping(engine):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            pass
+
+    with pytest.raises(RuntimeError) as raised:
+        getattr(Skipping(), method)(*args)
+
+    assert str(raised.value) == SKIPPED_INIT
+
+
 def test_snapshot_survives_copy_and_pickling(make_budget: BudgetFactory) -> None:
     budget = make_budget([Window("w", 60, token_cap=10)])
     budget.record(3, usd=0.5, now=0)
