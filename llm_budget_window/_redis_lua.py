@@ -144,10 +144,6 @@ local function less(ah, al, bh, bl)
   return ah < bh or (ah == bh and al < bl)
 end
 
-local function positive(h, l)
-  return h > 0 or (h == 0 and l > 0)
-end
-
 local function add_mod(ah, al, bh, bl)
   local h, l = add(ah, al, bh, bl)
   if h >= MOD_HI then h = h - MOD_HI end
@@ -165,21 +161,10 @@ local function split(x)
   return h, x - h * B
 end
 
-local function corrupt(seq)
-  error('LBWCORRUPT budget ' .. key .. ' has lost record ' .. seq)
-end
-
 local function read(seq)
   local v = redis.call('HGET', key, seq)
-  if not v then corrupt(seq) end
+  if not v then error('LBWCORRUPT budget ' .. key .. ' has lost record ' .. seq) end
   return v
-end
-
--- A record and its correction (false if it has none).
-local function read_both(seq)
-  local v = redis.call('HMGET', key, seq, 'd' .. seq)
-  if not v[1] then corrupt(seq) end
-  return v[1], v[2]
 end
 
 -- P: the arguments. 1: whether now is given, 2-3: now, 4-5: tokens, 6-7:
@@ -190,8 +175,6 @@ local P = {struct.unpack('<' .. string.rep('d', #ARGV[3] / 8), ARGV[3])}
 local PW = 10
 local nw = (#ARGV[3] / 8 - PW) / 8
 local longest = P[10]
-local amt_h = {P[4], P[6], 0}
-local amt_l = {P[5], P[7], 1}
 
 -- S: the state. 1-2: the latest time, 3: the next sequence number, 4-5 and
 -- 6-7: the prefix sums of tokens and nano-dollars, 8: the server time (ms)
@@ -220,22 +203,9 @@ local X = false
 if had_x then X = {struct.unpack(xfmt, stored[3])} end
 local x_dirty = false
 
-local function ensure_x()
-  if not X then
-    X = {}
-    for i = 1, nx do X[i] = 0 end
-  end
-  x_dirty = true
-end
-
-local function marked(w)
-  if X then return X[XG + XW * (w - 1) + 6] end
-  return 0
-end
-
 local now_h, now_l, real_ms
 
--- A window's sums per axis (tokens, nano-dollars, requests), as pairs.
+-- A window's sums of tokens, nano-dollars and requests, as three pairs.
 local function sums(w)
   local o = G + W * (w - 1)
   local th, tl = sub_mod(S[4], S[5], S[o + 2], S[o + 3])
@@ -250,22 +220,148 @@ local function sums(w)
     r = r - (X[5] - X[q + 5])
   end
   local rh, rl = split(r)
-  return {th, nh, rh}, {tl, nl, rl}
+  return th, tl, nh, nl, rh, rl
 end
 
 -- The first window and axis where used + requested > cap, in order.
 local function find_problem()
   for w = 1, nw do
-    local sh, sl = sums(w)
     local p = PW + 8 * (w - 1)
-    for a = 1, 3 do
-      local th, tl = add(sh[a], sl[a], amt_h[a], amt_l[a])
-      if less(P[p + 2 * a + 1], P[p + 2 * a + 2], th, tl) then
-        return w, a, sh[a], sl[a]
-      end
-    end
+    local th, tl, nh, nl, rh, rl = sums(w)
+    local h, l = add(th, tl, P[4], P[5])
+    if less(P[p + 3], P[p + 4], h, l) then return w, 1, th, tl end
+    h, l = add(nh, nl, P[6], P[7])
+    if less(P[p + 5], P[p + 6], h, l) then return w, 2, nh, nl end
+    h, l = add(rh, rl, 0, 1)
+    if less(P[p + 7], P[p + 8], h, l) then return w, 3, rh, rl end
   end
   return nil
+end
+
+-- Write the state back (with any extra fields). With expire, make sure the
+-- key lives at least P[9] ms more: push its expiry out to P[8] ms when less
+-- is left, so that it is set once per P[8] - P[9] ms, not on every call.
+-- Without the server's clock (a call passing now) it is always set.
+local function save(extra, expire)
+  local renew = false
+  if expire then
+    if not real_ms then
+      renew, S[8] = true, 0
+    elseif S[8] < real_ms + P[9] then
+      renew, S[8] = true, real_ms + P[8]
+    end
+  end
+  S[1], S[2] = now_h, now_l
+  local args = {'s', struct.pack(fmt, unpack(S, 1, ns))}
+  if fresh then
+    args[#args + 1] = 'c'
+    args[#args + 1] = ARGV[2]
+  end
+  if x_dirty then
+    -- Once every window has evicted every correction made, they cancel out
+    -- and are the same as none.
+    local cancel = true
+    for w = 1, nw do
+      local q = XG + XW * (w - 1)
+      if X[q + 1] ~= X[1] or X[q + 2] ~= X[2] or X[q + 3] ~= X[3]
+          or X[q + 4] ~= X[4] or X[q + 5] ~= X[5] or X[q + 6] ~= 0 then
+        cancel = false
+      end
+    end
+    if cancel then
+      if had_x then redis.call('HDEL', key, 'x') end
+    else
+      args[#args + 1] = 'x'
+      args[#args + 1] = struct.pack(xfmt, unpack(X, 1, nx))
+    end
+  end
+  for i = 1, #extra do args[#args + 1] = extra[i] end
+  redis.call('HSET', key, unpack(args))
+  if renew then redis.call('PEXPIRE', key, P[8]) end
+end
+"""
+
+_ADVANCE = r"""
+-- The time of this call: never before the latest time seen.
+if P[1] == 0 then
+  local t = redis.call('TIME')
+  local seconds, micros = tonumber(t[1]), tonumber(t[2])
+  now_h, now_l = seconds, micros * 1000
+  real_ms = seconds * 1000 + math.floor(micros / 1000)
+else
+  now_h, now_l = P[2], P[3]
+end
+if not fresh and less(now_h, now_l, S[1], S[2]) then
+  now_h, now_l = S[1], S[2]
+end
+
+-- Evict: a record at t leaves a window of length d once t + d <= now. The
+-- state holds each window's oldest time, so records are read only when one
+-- leaves. Records that leave the longest window have left every window;
+-- they are deleted after the loop, because a shorter window may still walk
+-- past them.
+local dead = {}
+for w = 1, nw do
+  local o = G + W * (w - 1)
+  local seq = S[o + 1]
+  local p = PW + 8 * (w - 1)
+  local cut_h, cut_l = sub(now_h, now_l, P[p + 1], P[p + 2])
+  if seq < S[3] and not less(cut_h, cut_l, S[o + 6], S[o + 7]) then
+    local q = XG + XW * (w - 1)
+    while seq < S[3] do
+      local rec, delta
+      if X and X[q + 6] > 0 then
+        local v = redis.call('HMGET', key, seq, 'd' .. seq)
+        if not v[1] then
+          error('LBWCORRUPT budget ' .. key .. ' has lost record ' .. seq)
+        end
+        rec, delta = v[1], v[2]
+      else
+        rec = read(seq)
+      end
+      local t_h, t_l, pt_h, pt_l, pn_h, pn_l = struct.unpack('<dddddd', rec)
+      if less(cut_h, cut_l, t_h, t_l) then
+        S[o + 6], S[o + 7] = t_h, t_l
+        break
+      end
+      S[o + 2], S[o + 3], S[o + 4], S[o + 5] = pt_h, pt_l, pn_h, pn_l
+      if delta then
+        local dth, dtl, dnh, dnl, r = struct.unpack('<ddddd', delta)
+        X[q + 1], X[q + 2] = add_mod(X[q + 1], X[q + 2], dth, dtl)
+        X[q + 3], X[q + 4] = add_mod(X[q + 3], X[q + 4], dnh, dnl)
+        X[q + 5] = X[q + 5] + r
+        X[q + 6] = X[q + 6] - 1
+        x_dirty = true
+        if w == longest then dead[#dead + 1] = 'd' .. seq end
+      end
+      if w == longest then
+        dead[#dead + 1] = seq
+        if #rec > 48 then dead[#dead + 1] = 'i' .. string.sub(rec, 49) end
+      end
+      seq = seq + 1
+    end
+    S[o + 1] = seq
+  end
+end
+for i = 1, #dead, 4000 do
+  redis.call('HDEL', key, unpack(dead, i, math.min(i + 3999, #dead)))
+end
+"""
+
+# What answers how long a request must wait: refusals and retry_after.
+_WAIT = r"""
+local amt_h = {P[4], P[6], 0}
+local amt_l = {P[5], P[7], 1}
+
+local function positive(h, l)
+  return h > 0 or (h == 0 and l > 0)
+end
+
+-- A record and its correction (false if it has none).
+local function read_both(seq)
+  local v = redis.call('HMGET', key, seq, 'd' .. seq)
+  if not v[1] then error('LBWCORRUPT budget ' .. key .. ' has lost record ' .. seq) end
+  return v[1], v[2]
 end
 
 -- Whether records head..seq of window w hold at least the excess eh/el.
@@ -332,7 +428,8 @@ local function wait_ns()
   local uh, ul = now_h, now_l
   for w = 1, nw do
     local p = PW + 8 * (w - 1)
-    local sh, sl = sums(w)
+    local sh, sl = {}, {}
+    sh[1], sl[1], sh[2], sl[2], sh[3], sl[3] = sums(w)
     local eh, el, over = {}, {}, false
     for a = 1, 3 do
       local th, tl = add(sh[a], sl[a], amt_h[a], amt_l[a])
@@ -341,7 +438,7 @@ local function wait_ns()
     end
     if over then
       local lo
-      if marked(w) > 0 then
+      if X and X[XG + XW * (w - 1) + 6] > 0 then
         lo = walk(w, eh, el)
       else
         -- Prefix sums only grow, so the first record whose departure makes
@@ -362,131 +459,30 @@ local function wait_ns()
   return 0, wh, wl
 end
 
--- Whether every window has evicted every correction made: then they cancel
--- out and are the same as none.
-local function corrections_cancel()
-  for w = 1, nw do
-    local q = XG + XW * (w - 1)
-    if X[q + 1] ~= X[1] or X[q + 2] ~= X[2] or X[q + 3] ~= X[3]
-        or X[q + 4] ~= X[4] or X[q + 5] ~= X[5] or X[q + 6] ~= 0 then
-      return false
-    end
-  end
-  return true
-end
-
--- Write the state back (with any extra fields). With expire, make sure the
--- key lives at least P[9] ms more: push its expiry out to P[8] ms when less
--- is left, so that it is set once per P[8] - P[9] ms, not on every call.
--- Without the server's clock (a call passing now) it is always set.
-local function save(extra, expire)
-  local renew = false
-  if expire then
-    if not real_ms then
-      renew, S[8] = true, 0
-    elseif S[8] < real_ms + P[9] then
-      renew, S[8] = true, real_ms + P[8]
-    end
-  end
-  S[1], S[2] = now_h, now_l
-  local args = {'s', struct.pack(fmt, unpack(S, 1, ns))}
-  if fresh then
-    args[#args + 1] = 'c'
-    args[#args + 1] = ARGV[2]
-  end
-  if x_dirty then
-    if corrections_cancel() then
-      if had_x then redis.call('HDEL', key, 'x') end
-    else
-      args[#args + 1] = 'x'
-      args[#args + 1] = struct.pack(xfmt, unpack(X, 1, nx))
-    end
-  end
-  for i = 1, #extra do args[#args + 1] = extra[i] end
-  redis.call('HSET', key, unpack(args))
-  if renew then redis.call('PEXPIRE', key, P[8]) end
-end
-"""
-
-_ADVANCE = r"""
--- The time of this call: never before the latest time seen.
-if P[1] == 0 then
-  local t = redis.call('TIME')
-  local seconds, micros = tonumber(t[1]), tonumber(t[2])
-  now_h, now_l = seconds, micros * 1000
-  real_ms = seconds * 1000 + math.floor(micros / 1000)
-else
-  now_h, now_l = P[2], P[3]
-end
-if not fresh and less(now_h, now_l, S[1], S[2]) then
-  now_h, now_l = S[1], S[2]
-end
-
--- Evict: a record at t leaves a window of length d once t + d <= now. The
--- state holds each window's oldest time, so records are read only when one
--- leaves. Records that leave the longest window have left every window;
--- they are deleted after the loop, because a shorter window may still walk
--- past them.
-local dead = {}
-for w = 1, nw do
-  local o = G + W * (w - 1)
-  local seq = S[o + 1]
-  local p = PW + 8 * (w - 1)
-  local cut_h, cut_l = sub(now_h, now_l, P[p + 1], P[p + 2])
-  if seq < S[3] and not less(cut_h, cut_l, S[o + 6], S[o + 7]) then
-    local q = XG + XW * (w - 1)
-    while seq < S[3] do
-      local rec, delta
-      if X and X[q + 6] > 0 then
-        rec, delta = read_both(seq)
-      else
-        rec = read(seq)
-      end
-      local t_h, t_l, pt_h, pt_l, pn_h, pn_l = struct.unpack('<dddddd', rec)
-      if less(cut_h, cut_l, t_h, t_l) then
-        S[o + 6], S[o + 7] = t_h, t_l
-        break
-      end
-      S[o + 2], S[o + 3], S[o + 4], S[o + 5] = pt_h, pt_l, pn_h, pn_l
-      if delta then
-        local dth, dtl, dnh, dnl, r = struct.unpack('<ddddd', delta)
-        X[q + 1], X[q + 2] = add_mod(X[q + 1], X[q + 2], dth, dtl)
-        X[q + 3], X[q + 4] = add_mod(X[q + 3], X[q + 4], dnh, dnl)
-        X[q + 5] = X[q + 5] + r
-        X[q + 6] = X[q + 6] - 1
-        x_dirty = true
-        if w == longest then dead[#dead + 1] = 'd' .. seq end
-      end
-      if w == longest then
-        dead[#dead + 1] = seq
-        if #rec > 48 then dead[#dead + 1] = 'i' .. string.sub(rec, 49) end
-      end
-      seq = seq + 1
-    end
-    S[o + 1] = seq
-  end
-end
-for i = 1, #dead, 4000 do
-  redis.call('HDEL', key, unpack(dead, i, math.min(i + 3999, #dead)))
-end
 """
 
 _DEDUPE = r"""
 if stored[4] then return {0} end
 """
 
-_DECIDE = r"""
+# A refusal: its waiting helpers are defined only then, not on every call.
+_DECIDE = (
+    r"""
 local w, a, uh, ul = find_problem()
 if w then
+"""
+    + _WAIT
+    + r"""
   local never, wh, wl = wait_ns()
   save({}, true)
   return {1, w - 1, a - 1, uh, ul, never, wh, wl}
 end
 """
+)
 
 _COMMIT = r"""
-local ch, cl = add_mod(S[4], S[5], amt_h[1], amt_l[1])
-local nh, nl = add_mod(S[6], S[7], amt_h[2], amt_l[2])
+local ch, cl = add_mod(S[4], S[5], P[4], P[5])
+local nh, nl = add_mod(S[6], S[7], P[6], P[7])
 local rec = struct.pack('<dddddd', now_h, now_l, ch, cl, nh, nl) .. call_id
 S[4], S[5], S[6], S[7] = ch, cl, nh, nl
 local seq = S[3]
@@ -508,6 +504,19 @@ if not found then return {0} end
 """
 
 _CORRECT = r"""
+local amt_h = {P[4], P[6], 0}
+local amt_l = {P[5], P[7], 1}
+
+local function positive(h, l)
+  return h > 0 or (h == 0 and l > 0)
+end
+
+local function read_both(seq)
+  local v = redis.call('HMGET', key, seq, 'd' .. seq)
+  if not v[1] then error('LBWCORRUPT budget ' .. key .. ' has lost record ' .. seq) end
+  return v[1], v[2]
+end
+
 local seq = tonumber(found)
 local lo = G + W * (longest - 1)
 if fresh or seq < S[lo + 1] or seq >= S[3] then return {0} end
@@ -546,7 +555,8 @@ if not releasing then
   local new_h, new_l = {new_th, new_nh}, {new_tl, new_nl}
   for w = 1, nw do
     if S[G + W * (w - 1) + 1] <= seq then
-      local sh, sl = sums(w)
+      local sh, sl = {}, {}
+      sh[1], sl[1], sh[2], sl[2] = sums(w)
       for a = 1, 2 do
         local limit_h, limit_l = add(MAX_H, MAX_L, old_h[a], old_l[a])
         local total_h, total_l = add(sh[a], sl[a], new_h[a], new_l[a])
@@ -564,7 +574,11 @@ local en_h, en_l = sub_mod(new_nh, new_nl, on_h, on_l)
 local xt_h, xt_l = sub_mod(et_h, et_l, dt_h, dt_l)
 local xn_h, xn_l = sub_mod(en_h, en_l, dn_h, dn_l)
 local xr = now_released - was_released
-ensure_x()
+if not X then
+  X = {}
+  for i = 1, nx do X[i] = 0 end
+end
+x_dirty = true
 X[1], X[2] = add_mod(X[1], X[2], xt_h, xt_l)
 X[3], X[4] = add_mod(X[3], X[4], xn_h, xn_l)
 X[5] = X[5] + xr
@@ -607,6 +621,7 @@ RETRY_AFTER = (
     _LOAD
     + _PRELUDE
     + _ADVANCE
+    + _WAIT
     + "local n, h, l = wait_ns()\nsave({}, true)\nreturn {n, h, l}\n"
 )
 
@@ -618,12 +633,12 @@ SNAPSHOT = (
     + r"""
 local out = {}
 for w = 1, nw do
-  local sh, sl = sums(w)
-  out[#out + 1] = sh[1]
-  out[#out + 1] = sl[1]
-  out[#out + 1] = sh[2]
-  out[#out + 1] = sl[2]
-  out[#out + 1] = sh[3] * B + sl[3]
+  local th, tl, nh, nl, rh, rl = sums(w)
+  out[#out + 1] = th
+  out[#out + 1] = tl
+  out[#out + 1] = nh
+  out[#out + 1] = nl
+  out[#out + 1] = rh * B + rl
 end
 save({}, true)
 return out
