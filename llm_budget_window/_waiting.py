@@ -233,7 +233,7 @@ async def wait_in_task(
     one).
     """
 
-    async def never_fits() -> None:
+    def never_fits() -> None:
         _never_fits(budget, tokens, usd)
 
     async def attempt_once() -> tuple[T, Breach | None]:
@@ -244,19 +244,25 @@ async def wait_in_task(
 
 async def wait_for_room(
     queue: WaitQueue,
-    never_fits: Callable[[], Awaitable[None]],
+    never_fits: Callable[[], None],
     attempt: Callable[[], Awaitable[tuple[T, Breach | None]]],
     timeout: object,
 ) -> T:
     """Suspend this task in ``queue`` until ``attempt`` succeeds at its head.
 
-    ``never_fits`` validates the request and raises if it can never fit;
-    ``attempt`` commits and returns ``(result, None)``, or returns ``(_,
-    breach)`` having committed nothing. An attempt that awaits I/O must
-    itself make sure that a cancellation during it commits nothing.
+    ``never_fits`` validates the request and raises if it can never fit; it
+    runs before the task joins the queue and must not await (a backend whose
+    calls are I/O only validates there, and learns that a request can never
+    fit from its first attempt). The task joins before anything is awaited,
+    so tasks are served in the order of their calls, and only the head runs
+    ``attempt``: the tasks behind it hold no connection. ``attempt`` commits
+    and returns ``(result, None)``, or returns ``(_, breach)`` having
+    committed nothing; a breach that can never fit is raised as
+    WindowBreached. An attempt that awaits I/O must itself make sure that a
+    cancellation during it commits nothing.
     """
     deadline = _deadline(timeout)
-    await never_fits()
+    never_fits()
     waiter = _TaskWaiter()
     queue.join(waiter)
     try:

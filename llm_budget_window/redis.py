@@ -691,10 +691,12 @@ class AsyncRedisBudgetWindows(_RedisBudgetBase):
     async def _wait(
         self, tokens: int, usd: Number, timeout: object
     ) -> AsyncRedisReservation:
-        async def never_fits() -> None:
-            breach = await self.check(tokens, usd)
-            if breach is not None and breach.retry_after == math.inf:
-                raise WindowBreached(breach)
+        def never_fits() -> None:
+            # Only the amounts are checked here, with no round trip: the
+            # waiter joins the queue first, in the order of the calls, and
+            # its first attempt at the head tells whether it can ever fit.
+            to_tokens(tokens)
+            usd_to_nanos(usd)
 
         async def attempt() -> tuple[AsyncRedisReservation | None, Breach | None]:
             # The round trip runs in a task of its own, so that a cancellation

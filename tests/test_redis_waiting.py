@@ -24,6 +24,7 @@ from llm_budget_window.redis import (
     AsyncRedisBudgetWindows,
     AsyncRedisReservation,
     RedisBudgetWindows,
+    read_records,
 )
 
 from .redis_server import unique_name
@@ -242,6 +243,39 @@ def test_release_wakes_the_head_waiter_early_and_waiters_are_served_in_order(
     assert waited < TOLERANCE * 4
     assert order == [6, 4]
     assert usage == [(10, 2)]
+
+
+def test_ninety_waiters_are_admitted_in_the_order_of_their_calls(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async def scenario(budget: AsyncRedisBudgetWindows) -> Any:
+        await asyncio.gather(
+            *(budget.arecord(tokens, timeout=STUCK) for tokens in range(1, 91))
+        )
+        return budget.key
+
+    key = run_async(redis_url, [Window("minute", 60)], scenario)
+    records = read_records(redis_client, key)
+    assert [tokens for _, tokens, _ in records] == list(range(1, 91))
+
+
+def test_three_hundred_concurrent_arecords_on_a_default_client_all_succeed(
+    redis_url: str,
+) -> None:
+    async def main() -> Any:
+        # redis-py's default asyncio pool refuses a 101st connection; only
+        # the head waiter holds one.
+        client = redis.asyncio.Redis.from_url(redis_url)
+        budget = AsyncRedisBudgetWindows(client, unique_name(), [Window("minute", 60)])
+        try:
+            await asyncio.gather(
+                *(budget.arecord(1, timeout=STUCK) for _ in range(300))
+            )
+            return len(budget._queue), await used(budget)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == (0, [(300, 300)])
 
 
 def test_cancelled_waiter_commits_nothing_and_the_next_waiter_proceeds(
