@@ -197,6 +197,12 @@ cdef int64_t ring_wait_ns(Ring *ring, int64_t tokens, int64_t nanos,
 
     Walks each window's records from the oldest until enough has aged out.
     Uncapped axes have INT64_MAX caps and never need anything to age out.
+
+    LIMITATION: the walk costs one step per record that must age out, inside
+    the critical section: a refusal that needs half of a million-record window
+    to leave holds the section for about half a millisecond. A bisection would
+    need prefix sums in the records, which settle and release would then have
+    to rewrite for every later record. See docs/semantics.md, Limitations.
     """
     cdef Py_ssize_t i
     cdef int axis
