@@ -115,7 +115,8 @@ def pack_call(now_ns: int | None, tokens: int, nanos: int, budget: bytes) -> byt
 _LOAD = r"""
 local key = KEYS[1]
 local call_id = ARGV[1]
-local stored = redis.call('HMGET', key, 's', 'c', 'x', 'i' .. call_id)
+local id_field = 'i' .. call_id
+local stored = redis.call('HMGET', key, 's', 'c', 'x', id_field)
 """
 
 _PRELUDE = r"""
@@ -197,10 +198,9 @@ end
 -- evicted, how many of its records carry a correction.
 local XG, XW = 5, 6
 local nx = XG + XW * nw
-local xfmt = '<' .. string.rep('d', nx)
 local had_x = stored[3] and true or false
 local X = false
-if had_x then X = {struct.unpack(xfmt, stored[3])} end
+if had_x then X = {struct.unpack('<' .. string.rep('d', nx), stored[3])} end
 local x_dirty = false
 
 local now_h, now_l, real_ms
@@ -252,31 +252,41 @@ local function save(extra, expire)
     end
   end
   S[1], S[2] = now_h, now_l
-  local args = {'s', struct.pack(fmt, unpack(S, 1, ns))}
-  if fresh then
-    args[#args + 1] = 'c'
-    args[#args + 1] = ARGV[2]
-  end
-  if x_dirty then
-    -- Once every window has evicted every correction made, they cancel out
-    -- and are the same as none.
-    local cancel = true
-    for w = 1, nw do
-      local q = XG + XW * (w - 1)
-      if X[q + 1] ~= X[1] or X[q + 2] ~= X[2] or X[q + 3] ~= X[3]
-          or X[q + 4] ~= X[4] or X[q + 5] ~= X[5] or X[q + 6] ~= 0 then
-        cancel = false
+  local state = struct.pack(fmt, unpack(S, 1, ns))
+  if not (fresh or x_dirty) then
+    -- The common case: the state and any new fields, with no table built.
+    if extra[1] then
+      redis.call('HSET', key, 's', state, unpack(extra))
+    else
+      redis.call('HSET', key, 's', state)
+    end
+  else
+    local args = {'s', state}
+    if fresh then
+      args[#args + 1] = 'c'
+      args[#args + 1] = ARGV[2]
+    end
+    if x_dirty then
+      -- Once every window has evicted every correction made, they cancel
+      -- out and are the same as none.
+      local cancel = true
+      for w = 1, nw do
+        local q = XG + XW * (w - 1)
+        if X[q + 1] ~= X[1] or X[q + 2] ~= X[2] or X[q + 3] ~= X[3]
+            or X[q + 4] ~= X[4] or X[q + 5] ~= X[5] or X[q + 6] ~= 0 then
+          cancel = false
+        end
+      end
+      if cancel then
+        if had_x then redis.call('HDEL', key, 'x') end
+      else
+        args[#args + 1] = 'x'
+        args[#args + 1] = struct.pack('<' .. string.rep('d', nx), unpack(X, 1, nx))
       end
     end
-    if cancel then
-      if had_x then redis.call('HDEL', key, 'x') end
-    else
-      args[#args + 1] = 'x'
-      args[#args + 1] = struct.pack(xfmt, unpack(X, 1, nx))
-    end
+    for i = 1, #extra do args[#args + 1] = extra[i] end
+    redis.call('HSET', key, unpack(args))
   end
-  for i = 1, #extra do args[#args + 1] = extra[i] end
-  redis.call('HSET', key, unpack(args))
   if renew then redis.call('PEXPIRE', key, P[8]) end
 end
 """
@@ -491,7 +501,7 @@ for w = 1, nw do
   if S[o + 1] == seq then S[o + 6], S[o + 7] = now_h, now_l end
 end
 S[3] = seq + 1
-save({seq, rec, 'i' .. call_id, seq}, true)
+save({seq, rec, id_field, seq}, true)
 return {0}
 """
 
