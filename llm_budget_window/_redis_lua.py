@@ -223,17 +223,33 @@ local function sums(w)
   return th, tl, nh, nl, rh, rl
 end
 
--- The first window and axis where used + requested > cap, in order.
+-- The first window and axis where used + requested > cap, in order. The
+-- pair arithmetic is written out: this runs for every window on every call.
 local function find_problem()
   for w = 1, nw do
     local p = PW + 8 * (w - 1)
-    local th, tl, nh, nl, rh, rl = sums(w)
-    local h, l = add(th, tl, P[4], P[5])
-    if less(P[p + 3], P[p + 4], h, l) then return w, 1, th, tl end
-    h, l = add(nh, nl, P[6], P[7])
-    if less(P[p + 5], P[p + 6], h, l) then return w, 2, nh, nl end
-    h, l = add(rh, rl, 0, 1)
-    if less(P[p + 7], P[p + 8], h, l) then return w, 3, rh, rl end
+    local th, tl, nh, nl, rh, rl
+    if X then
+      th, tl, nh, nl, rh, rl = sums(w)
+    else
+      local o = G + W * (w - 1)
+      th, tl = S[4] - S[o + 2], S[5] - S[o + 3]
+      if tl < 0 then th, tl = th - 1, tl + B end
+      if th < 0 then th = th + MOD_HI end
+      nh, nl = S[6] - S[o + 4], S[7] - S[o + 5]
+      if nl < 0 then nh, nl = nh - 1, nl + B end
+      if nh < 0 then nh = nh + MOD_HI end
+      rh, rl = split(S[3] - S[o + 1])
+    end
+    local h, l = th + P[4], tl + P[5]
+    if l >= B then h, l = h + 1, l - B end
+    if P[p + 3] < h or (P[p + 3] == h and P[p + 4] < l) then return w, 1, th, tl end
+    h, l = nh + P[6], nl + P[7]
+    if l >= B then h, l = h + 1, l - B end
+    if P[p + 5] < h or (P[p + 5] == h and P[p + 6] < l) then return w, 2, nh, nl end
+    h, l = rh, rl + 1
+    if l >= B then h, l = h + 1, l - B end
+    if P[p + 7] < h or (P[p + 7] == h and P[p + 8] < l) then return w, 3, rh, rl end
   end
   return nil
 end
@@ -315,8 +331,10 @@ for w = 1, nw do
   local o = G + W * (w - 1)
   local seq = S[o + 1]
   local p = PW + 8 * (w - 1)
-  local cut_h, cut_l = sub(now_h, now_l, P[p + 1], P[p + 2])
-  if seq < S[3] and not less(cut_h, cut_l, S[o + 6], S[o + 7]) then
+  local cut_h, cut_l = now_h - P[p + 1], now_l - P[p + 2]
+  if cut_l < 0 then cut_h, cut_l = cut_h - 1, cut_l + B end
+  local old_h, old_l = S[o + 6], S[o + 7]
+  if seq < S[3] and not (cut_h < old_h or (cut_h == old_h and cut_l < old_l)) then
     local q = XG + XW * (w - 1)
     while seq < S[3] do
       local rec, delta
