@@ -337,11 +337,11 @@ def test_bad_count_cap_raises_naming_the_cap(
         pytest.param(Decimal("NaN"), ValueError, id="decimal-nan"),
         pytest.param("a dollar", ValueError, id="str-not-a-number"),
         pytest.param(Decimal("4611686018.427387904"), ValueError, id="2**62-nanos"),
-    # Short strings with huge exponents are refused without building the
-    # huge number they name.
-    pytest.param("1e999999999", ValueError, id="str-huge-exponent"),
-    pytest.param(Decimal("1e999999999"), ValueError, id="decimal-huge-exponent"),
-    pytest.param("-1e-999999999", ValueError, id="str-tiny-negative-exponent"),
+        # Short strings with huge exponents are refused without building the
+        # huge number they name.
+        pytest.param("1e999999999", ValueError, id="str-huge-exponent"),
+        pytest.param(Decimal("1e999999999"), ValueError, id="decimal-huge-exponent"),
+        pytest.param("-1e-999999999", ValueError, id="str-tiny-negative-exponent"),
         pytest.param(True, TypeError, id="bool"),
         pytest.param([1], TypeError, id="list"),
     ],
