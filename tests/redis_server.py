@@ -227,6 +227,47 @@ class ClockedRedisBudget(RedisBudgetWindows):
 # -- the concurrency test's worker: module level, so that spawn can import it
 
 
+def _in_threads(
+    url: str,
+    name: str,
+    windows: list[Window],
+    threads: int,
+    seed: int,
+    work: Callable[[RedisBudgetWindows, random.Random], list[tuple[int, int]]],
+) -> list[tuple[int, int]]:
+    """Run ``work(budget, rng)`` in ``threads`` threads on one client; join them.
+
+    Returns every thread's list, concatenated; re-raises the first
+    BudgetBackendError a thread met.
+    """
+    client = redis.Redis.from_url(url)
+    budget = RedisBudgetWindows(client, name, windows)
+    results: list[tuple[int, int]] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def run(thread_seed: int) -> None:
+        try:
+            mine = work(budget, random.Random(thread_seed))
+        except BudgetBackendError as error:
+            errors.append(error)
+            return
+        with lock:
+            results.extend(mine)
+
+    workers = [
+        threading.Thread(target=run, args=(seed * 1000 + i,)) for i in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    client.close()
+    if errors:
+        raise errors[0]
+    return results
+
+
 def hammer(
     url: str,
     name: str,
@@ -240,37 +281,17 @@ def hammer(
     Each admitted call is returned as (tokens, nano-dollars), exactly as the
     caller was told it was counted.
     """
-    client = redis.Redis.from_url(url)
-    budget = RedisBudgetWindows(client, name, windows)
-    admitted: list[tuple[int, int]] = []
-    lock = threading.Lock()
-    errors: list[BaseException] = []
 
-    def run(thread_seed: int) -> None:
-        rng = random.Random(thread_seed)
-        mine = []
-        try:
-            for _ in range(calls):
-                tokens = rng.randint(1, 200)
-                usd = tokens * rng.uniform(1e-7, 3e-6)
-                if budget.try_record(tokens, usd) is None:
-                    mine.append((tokens, usd_to_nanos(usd)))
-        except BudgetBackendError as error:
-            errors.append(error)
-        with lock:
-            admitted.extend(mine)
+    def work(budget: RedisBudgetWindows, rng: random.Random) -> list[tuple[int, int]]:
+        admitted = []
+        for _ in range(calls):
+            tokens = rng.randint(1, 200)
+            usd = tokens * rng.uniform(1e-7, 3e-6)
+            if budget.try_record(tokens, usd) is None:
+                admitted.append((tokens, usd_to_nanos(usd)))
+        return admitted
 
-    workers = [
-        threading.Thread(target=run, args=(seed * 1000 + i,)) for i in range(threads)
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    client.close()
-    if errors:
-        raise errors[0]
-    return admitted
+    return _in_threads(url, name, windows, threads, seed, work)
 
 
 def reserve_hammer(
@@ -286,41 +307,21 @@ def reserve_hammer(
     Each reservation that was admitted and settled is returned as (tokens,
     nano-dollars) settled; released ones and refusals are not returned.
     """
-    client = redis.Redis.from_url(url)
-    budget = RedisBudgetWindows(client, name, windows)
-    kept: list[tuple[int, int]] = []
-    lock = threading.Lock()
-    errors: list[BaseException] = []
 
-    def run(thread_seed: int) -> None:
-        rng = random.Random(thread_seed)
-        mine = []
-        try:
-            for _ in range(calls):
-                try:
-                    reservation = budget.reserve(rng.randint(50, 200), "0.0002")
-                except WindowBreached:
-                    continue
-                if rng.random() < 0.3:
-                    reservation.release()
-                    continue
-                tokens = rng.randint(0, 300)
-                usd = tokens * rng.uniform(1e-7, 3e-6)
-                reservation.settle(tokens, usd)
-                mine.append((tokens, usd_to_nanos(usd)))
-        except BudgetBackendError as error:
-            errors.append(error)
-        with lock:
-            kept.extend(mine)
+    def work(budget: RedisBudgetWindows, rng: random.Random) -> list[tuple[int, int]]:
+        kept = []
+        for _ in range(calls):
+            try:
+                reservation = budget.reserve(rng.randint(50, 200), "0.0002")
+            except WindowBreached:
+                continue
+            if rng.random() < 0.3:
+                reservation.release()
+                continue
+            tokens = rng.randint(0, 300)
+            usd = tokens * rng.uniform(1e-7, 3e-6)
+            reservation.settle(tokens, usd)
+            kept.append((tokens, usd_to_nanos(usd)))
+        return kept
 
-    workers = [
-        threading.Thread(target=run, args=(seed * 1000 + i,)) for i in range(threads)
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    client.close()
-    if errors:
-        raise errors[0]
-    return kept
+    return _in_threads(url, name, windows, threads, seed, work)
