@@ -436,6 +436,10 @@ def _count_text(count: int) -> str:
     return f"{count:,}"
 
 
+def _calls_text(count: int) -> str:
+    return f"{count:,} call" if count == 1 else f"{count:,} calls"
+
+
 def _usd_text(dollars: float) -> str:
     # The dollars are a whole number of nano-dollars converted to float once,
     # so nine decimals give that number back; trailing zeros say nothing.
@@ -537,10 +541,10 @@ def render_text(report: ReplayReport, engine: str) -> str:
     log = report.log
     span = _seconds_text(log.times_ns[-1] - log.times_ns[0])
     lines = [
-        f"Replay of {log.name}: {_count_text(len(log))} calls from {log.stamps[0]} "
+        f"Replay of {log.name}: {_calls_text(len(log))} from {log.stamps[0]} "
         f"to {log.stamps[-1]} ({span} s)",
         f"{_usage_text(log)}; engine: {engine}",
-        f"Admitted {_count_text(report.admitted_calls)} calls "
+        f"Admitted {_calls_text(report.admitted_calls)} "
         f"({_count_text(report.admitted_tokens)} tokens, "
         f"{_usd_text(_usd(report.admitted_nanos))}); "
         f"rejected {_count_text(report.rejected_calls)} "

@@ -1056,7 +1056,7 @@ def test_log_piped_to_dev_stdin_replays() -> None:
     )
 
     assert (status, err) == (0, "")
-    assert out.splitlines()[0] == "Replay of /dev/stdin: 1 calls from 0 to 0 (0 s)"
+    assert out.splitlines()[0] == "Replay of /dev/stdin: 1 call from 0 to 0 (0 s)"
 
 
 def test_dash_reads_the_log_from_standard_input() -> None:
@@ -1299,3 +1299,18 @@ def test_replay_passes_times_from_2_52_billionths_on_as_fractions() -> None:
 
     assert _exact_units(1 << 52) == Fraction(1 << 52, 10**9)
     assert type(_exact_units(1 << 52)) is Fraction
+
+
+def test_text_report_of_one_call_says_call_not_calls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write(tmp_path, HEADER + "0,5,5\n")
+
+    status = main(["replay", str(log), "--window", "1m:tokens=100"])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert lines[0] == f"Replay of {log}: 1 call from 0 to 0 (0 s)"
+    assert (
+        lines[2] == "Admitted 1 call (10 tokens, $0.00); rejected 0 (0 tokens, $0.00)"
+    )
