@@ -404,6 +404,13 @@ cdef inline object wait_from_ns(int64_t ns):
     return wait_to_seconds(ns)
 
 
+cdef int raise_uninitialized(object budget) except -1:
+    raise RuntimeError(
+        f"{type(budget).__name__}.__init__ was never called, so the budget "
+        "has no windows (a subclass must call super().__init__)"
+    )
+
+
 # -- the Python class -------------------------------------------------------------
 
 cdef class BudgetWindows:
@@ -480,18 +487,12 @@ cdef class BudgetWindows:
 
     # -- steps --------------------------------------------------------------
 
-    cdef int _require_init(self) except -1:
-        if self.ring.windows == NULL:
-            raise RuntimeError(
-                f"{type(self).__name__}.__init__ was never called, so the budget "
-                "has no windows (a subclass must call super().__init__)"
-            )
-        return 0
-
     cdef int64_t _now(self, object now) except? -1:
         # Every operation that takes a time reads it first, so this is where a
-        # budget whose __init__ never ran is stopped before the ring is used.
-        self._require_init()
+        # budget whose __init__ never ran is stopped before the ring is used:
+        # one pointer test on the hot path, the error built only when it fails.
+        if self.ring.windows == NULL:
+            raise_uninitialized(self)
         if now is None:
             if self.clock is None:
                 return monotonic_ns()
@@ -608,7 +609,8 @@ cdef class BudgetWindows:
 
     def reset(self):
         """Forget every record and the latest time seen, in every window."""
-        self._require_init()
+        if self.ring.windows == NULL:
+            raise_uninitialized(self)
         with self.lock:
             ring_clear(&self.ring)
         self._queue.poke()
@@ -633,7 +635,8 @@ cdef class BudgetWindows:
     def _settle(self, uint64_t seq, int64_t tokens, int64_t nanos):
         cdef Problem problem
         cdef int rc
-        self._require_init()
+        if self.ring.windows == NULL:
+            raise_uninitialized(self)
         with self.lock:
             rc = ring_settle(&self.ring, seq, tokens, nanos, &problem)
         if rc == PROBLEM:
@@ -641,7 +644,8 @@ cdef class BudgetWindows:
         self._queue.poke()
 
     def _release(self, uint64_t seq):
-        self._require_init()
+        if self.ring.windows == NULL:
+            raise_uninitialized(self)
         with self.lock:
             ring_release(&self.ring, seq)
         self._queue.poke()
@@ -678,7 +682,8 @@ cdef class BudgetWindows:
 
     def _allocated_bytes(self):
         """Return the bytes the ring and window states hold (for benchmarks)."""
-        self._require_init()
+        if self.ring.windows == NULL:
+            raise_uninitialized(self)
         with self.lock:
             return ((self.ring.mask + 1) * sizeof(Record)
                     + self.ring.n_windows * sizeof(WindowState))
