@@ -17,8 +17,17 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any, Protocol
 
-from ._replay_input import NANOS_PER_UNIT, Prices, UsageLog
-from ._types import AXES, Axis, Breach, Number, Window, WindowSnapshot
+from ._replay_input import Prices, UsageLog
+from ._types import (
+    AXES,
+    FLOAT_EXACT_BILLIONTHS,
+    NANOS_PER_UNIT,
+    Axis,
+    Breach,
+    Number,
+    Window,
+    WindowSnapshot,
+)
 
 __all__ = [
     "REPORT_FORMAT_VERSION",
@@ -41,10 +50,6 @@ REPORT_FORMAT_VERSION = 1
 
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
-#: Below 2**52 billionths, ``n / 1e9`` is within 2**-53 relative of the exact
-#: quotient, so less than half a billionth away: the budget's exact conversion
-#: of that float gives back ``n``.
-_FLOAT_EXACT_BILLIONTHS = 1 << 52
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)([A-Za-z]*)")
 _PRICE_NAMES = ("input", "output", "tokens")
 
@@ -476,7 +481,7 @@ def _exact_units(billionths: int) -> float | Fraction:
     A float where it converts back exactly (the budget's fast path), else a
     Fraction.
     """
-    if -_FLOAT_EXACT_BILLIONTHS < billionths < _FLOAT_EXACT_BILLIONTHS:
+    if -FLOAT_EXACT_BILLIONTHS < billionths < FLOAT_EXACT_BILLIONTHS:
         return billionths / NANOS_PER_UNIT
     return Fraction(billionths, NANOS_PER_UNIT)
 

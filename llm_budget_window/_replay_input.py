@@ -23,6 +23,8 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Literal
 
+from ._types import MAX_AMOUNT, NANOS_PER_UNIT
+
 __all__ = [
     "DEFAULT_COLUMNS",
     "STDIN",
@@ -34,9 +36,7 @@ __all__ = [
     "read_log",
 ]
 
-NANOS_PER_UNIT = 1_000_000_000
 _TOKENS_PER_PRICE_UNIT = 1_000_000
-_MAX_AMOUNT = 1 << 62
 
 Format = Literal["auto", "csv", "jsonl"]
 
@@ -226,7 +226,7 @@ def _parse_count(cell: object) -> int:
         count = int(cell)
     else:
         raise ValueError(cell)
-    if not 0 <= count < _MAX_AMOUNT:
+    if not 0 <= count < MAX_AMOUNT:
         raise ValueError(cell)
     return count
 
@@ -242,7 +242,7 @@ def _parse_usd_nanos(cell: object) -> int:
     if number < 0:
         raise ValueError(cell)
     nanos = round(Fraction(number) * NANOS_PER_UNIT)
-    if nanos >= _MAX_AMOUNT:
+    if nanos >= MAX_AMOUNT:
         raise ValueError(cell)
     return nanos
 
@@ -557,7 +557,7 @@ def _read_stream(
                 f"first call's, {log.stamps[0]!r} (line {log.lines[0]}), is "
                 f"{_KIND_TEXT[first_kind]}; write every timestamp the same way"
             )
-        if log.times_ns and abs(time_ns - log.times_ns[0]) >= _MAX_AMOUNT:
+        if log.times_ns and abs(time_ns - log.times_ns[0]) >= MAX_AMOUNT:
             raise ReplayInputError(
                 f"{where}: {plan.time} {stamp!r} is more than 2**62 ns "
                 "(about 146 years) from the first call's"
@@ -573,7 +573,7 @@ def _read_stream(
             output_tokens = _count(record, plan.output, where)
             tokens = input_tokens + output_tokens
             priced = input_tokens * rate_in + output_tokens * rate_out
-        if tokens >= _MAX_AMOUNT:
+        if tokens >= MAX_AMOUNT:
             raise ReplayInputError(f"{where}: {tokens} tokens is too many for one call")
 
         if prices is not None:
@@ -588,7 +588,7 @@ def _read_stream(
                 ) from None
         else:
             nanos = 0
-        if nanos >= _MAX_AMOUNT:
+        if nanos >= MAX_AMOUNT:
             raise ReplayInputError(f"{where}: the USD of this call is too large")
 
         log.lines.append(number)

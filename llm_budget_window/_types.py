@@ -20,6 +20,7 @@ from fractions import Fraction
 from typing import Union
 
 __all__ = [
+    "FLOAT_EXACT_BILLIONTHS",
     "MAX_AMOUNT",
     "MAX_NANOS",
     "NANOS_PER_UNIT",
@@ -181,8 +182,10 @@ def nanos_to_usd(nanos: int) -> float:
     return nanos / NANOS_PER_UNIT
 
 
-#: Below 2**52 ns a quotient ``ns / 1e9`` converts back to exactly ``ns``.
-_FLOAT_EXACT_NS = 1 << 52
+#: Below 2**52 billionths (ns, nano-dollars), ``n / 1e9`` is within 2**-53
+#: relative of the exact quotient, so less than half a billionth away: the
+#: exact conversion of that float gives back ``n``.
+FLOAT_EXACT_BILLIONTHS = 1 << 52
 
 
 def wait_to_seconds(ns: int) -> float:
@@ -193,7 +196,7 @@ def wait_to_seconds(ns: int) -> float:
     fits. Below 2**52 ns (about 52 days) that is the nearest float.
     """
     seconds = ns / NANOS_PER_UNIT
-    if ns >= _FLOAT_EXACT_NS and round(Fraction(seconds) * NANOS_PER_UNIT) < ns:
+    if ns >= FLOAT_EXACT_BILLIONTHS and round(Fraction(seconds) * NANOS_PER_UNIT) < ns:
         seconds = math.nextafter(seconds, _INFINITY)
     return seconds
 
